@@ -1,0 +1,181 @@
+"""The ``crosstask`` command: run, validate, list, evaluate, demo.
+
+Errors a user can fix (bad config, missing data, unusable run directory) are printed as one message with
+exit code 2 (3 when training diverged); no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from crosstask.errors import CrosstaskError, suggest
+
+app = typer.Typer(
+    name="crosstask",
+    help="Cross-domain transfer and multi-task learning: one trainer, named losses, one loss balancing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="overrides as key.path=value, e.g. train.steps=200")
+]
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    if err_console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("crosstask")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("domain", "task", "metric", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for key, value in metrics.items():
+        domain, task, metric = key.split("/")
+        table.add_row(domain, task, metric, f"{value:.2f}")
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue output_dir/name from its last checkpoint")
+    ] = False,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="use this run directory instead of output_dir/name")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and the results")] = False,
+) -> None:
+    """Train an experiment; writes config.yaml, metrics.jsonl, summary.json and checkpoints to its run directory."""
+    from crosstask.engine.logging import default_progress
+    from crosstask.experiment import run as run_experiment
+
+    _setup_logging(quiet)
+    result = run_experiment(
+        config, overrides or [], resume=resume, run_dir=run_dir, progress=default_progress()
+    )
+    summary = result.summary
+    if summary["final"]:
+        console.print(
+            metrics_table(
+                f"{summary['name']}: final (step {summary['step']}, {summary['status']})", summary["final"]
+            )
+        )
+    if summary.get("best"):
+        best = summary["best"]
+        console.print(
+            f"best {best['metric']} = {best['value']:.2f} at step {best['step']} (checkpoints/best.pt)"
+        )
+    console.print(f"run directory: {result.run_dir}")
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    overrides: Overrides = None,
+) -> None:
+    """Check an experiment file (and overrides) without running it."""
+    from crosstask.config import load_config
+
+    experiment = load_config(config, overrides or [])
+    tasks = ", ".join(t.name for t in experiment.tasks)
+    console.print(
+        f"[green]ok[/green] {config}: '{experiment.name}', tasks {tasks}; method {experiment.method.name}, "
+        f"weighting {experiment.weighting.name}, backbone {experiment.model.backbone.name}, {experiment.train.steps} steps"
+    )
+
+
+@app.command("list")
+def list_components(
+    family: Annotated[
+        str | None, typer.Argument(help="a family (dataset, backbone, method, weighting, ...)")
+    ] = None,
+) -> None:
+    """List the registered components of a family, or the families."""
+    from crosstask.registry import Registry
+
+    families = Registry.families
+    if family is None:
+        table = Table(title="component families (crosstask list FAMILY)", title_justify="left")
+        table.add_column("family")
+        table.add_column("components")
+        table.add_column("what")
+        for name, registry in families.items():
+            table.add_row(name, ", ".join(registry.names()), registry.description)
+        console.print(table)
+        return
+    name = family.rstrip("s") if family not in families and family.rstrip("s") in families else family
+    if name not in families:
+        raise typer.BadParameter(
+            f"unknown family '{family}'.{suggest(family, families)} Families: {', '.join(families)}"
+        )
+    table = Table(title=f"{name} ({families[name].description})", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for entry in families[name].entries():
+        table.add_row(entry.name, entry.description)
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    overrides: Overrides = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+) -> None:
+    """Score a run's checkpoint on its evaluation sets (overrides may add or change data.eval)."""
+    from crosstask.experiment import evaluate_run
+
+    if checkpoint not in ("best", "last"):
+        raise typer.BadParameter("--checkpoint must be best or last")
+    _setup_logging(quiet=True)
+    metrics = evaluate_run(run_dir, checkpoint, overrides or [])
+    console.print(metrics_table(f"{run_dir} ({checkpoint} checkpoint)", metrics))
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(help="where the demo's runs go")] = Path("runs"),
+) -> None:
+    """Transfer and multi-task learning on scikit-learn's embedded digits, in well under a minute."""
+    from crosstask.demo import run_demo
+
+    _setup_logging(quiet=True)
+    run_demo(output_dir, console)
+
+
+def main() -> None:
+    """Entry point: run the CLI and turn user errors into one message and an exit code."""
+    try:
+        app()
+    except CrosstaskError as exc:
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

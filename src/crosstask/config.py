@@ -1,0 +1,383 @@
+"""The experiment config: pydantic models, YAML loading, dotted command-line overrides, error messages.
+
+A component (dataset, backbone, method, weighting, optimizer, ...) is chosen by ``name:`` and its other keys
+are validated by that component's own config model, found through its registry. Every invalid input ends
+in one :class:`~crosstask.errors.ConfigError` naming the file, the key path, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from crosstask.data.tasks import Task
+from crosstask.errors import ConfigError
+from crosstask.registry import (
+    ARCHITECTURES,
+    BACKBONES,
+    DATASETS,
+    METHODS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    WEIGHTINGS,
+    ComponentConfig,
+    Registry,
+    StrictModel,
+)
+
+
+def component(registry: Registry) -> Any:
+    """A config field holding one component of ``registry``, given as ``name`` or ``{name: ..., **params}``."""
+
+    def validate(value: Any, handler: Any) -> ComponentConfig:
+        if isinstance(value, ComponentConfig):
+            value = value.model_dump()
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping):
+            raise PydanticCustomError(
+                "component",
+                "expected a {family} name or a mapping with 'name:', got {value!r}",
+                {"family": registry.family, "value": value},
+            )
+        if "name" not in value:
+            raise PydanticCustomError(
+                "component",
+                "missing 'name:' choosing the {family}. Choices: {choices}",
+                {"family": registry.family, "choices": ", ".join(registry.names())},
+            )
+        if value["name"] not in registry:
+            raise PydanticCustomError(
+                "component", "{message}", {"message": registry.unknown_message(value["name"])}
+            )
+        return registry.get(value["name"]).config.model_validate(dict(value))
+
+    return Annotated[SerializeAsAny[ComponentConfig], WrapValidator(validate)]
+
+
+DatasetComponent = component(DATASETS)
+
+
+class DomainConfig(StrictModel):
+    """A domain: a dataset, whether its labels are used, and which tasks it has labels for."""
+
+    dataset: DatasetComponent
+    labeled: bool = True
+    tasks: list[str] | None = Field(default=None, description="tasks labeled in this domain (default: all)")
+    batch_size: int | None = Field(default=None, ge=1, description="overrides train.batch_size")
+
+
+class DataConfig(StrictModel):
+    """Training streams (name -> domain) and evaluation sets (name -> domain)."""
+
+    root: Path | None = Field(
+        default=None, description="data root; default $CROSSTASK_DATA or ../shared/data"
+    )
+    train: dict[str, DomainConfig] = Field(min_length=1)
+    eval: dict[str, DomainConfig] = Field(default_factory=dict)
+    num_workers: int = Field(default=0, ge=0)
+    eval_batch_size: int = Field(default=512, ge=1)
+
+
+class BottleneckConfig(StrictModel):
+    """A shared layer after the backbone: Linear -> (BatchNorm) -> ReLU -> (Dropout)."""
+
+    dim: int = Field(ge=1)
+    batch_norm: bool = True
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class HeadConfig(StrictModel):
+    """Per-task heads: optional hidden layers, then a linear layer sized by the task."""
+
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(h < 1 for h in value):
+            raise ValueError("hidden layer widths must be >= 1")
+        return value
+
+
+class ModelConfig(StrictModel):
+    backbone: component(BACKBONES)
+    architecture: component(ARCHITECTURES) = Field(default="hard_sharing", validate_default=True)
+    bottleneck: BottleneckConfig | None = None
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    init_from: Path | None = Field(
+        default=None, description="a run directory or checkpoint whose matching weights start this model"
+    )
+
+
+class EarlyStoppingConfig(StrictModel):
+    metric: str = Field(description="an evaluation key: <eval domain>/<task>/<metric>")
+    patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    eval_every: int | None = Field(default=None, ge=1, description="default: only at the end")
+    log_every: int = Field(default=50, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1, description="default: eval_every, else steps")
+    grad_clip: float | None = Field(default=None, gt=0)
+    accumulate: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    bf16: bool = False
+    deterministic: bool = False
+    device: str = "auto"
+    select: str | None = Field(
+        default=None, description="metric that picks checkpoints/best.pt (default: early_stopping.metric)"
+    )
+    early_stopping: EarlyStoppingConfig | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got '{value}'")
+        return value
+
+    @property
+    def select_metric(self) -> str | None:
+        return self.select or (self.early_stopping.metric if self.early_stopping else None)
+
+
+class Experiment(StrictModel):
+    """One experiment: tasks, data, model, method, loss weighting, optimizer, schedule and training loop."""
+
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    tasks: list[Task] = Field(min_length=1)
+    data: DataConfig
+    model: ModelConfig
+    method: component(METHODS) = Field(default="erm", validate_default=True)
+    weighting: component(WEIGHTINGS) = Field(default="static", validate_default=True)
+    optim: component(OPTIMIZERS) = Field(default="sgd", validate_default=True)
+    scheduler: component(SCHEDULERS) = Field(default="constant", validate_default=True)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    _source: str = PrivateAttr(default="<config>")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Experiment:
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
+        for part in ("train", "eval"):
+            for domain_name, domain in getattr(self.data, part).items():
+                unknown = [t for t in domain.tasks or [] if t not in names]
+                if unknown:
+                    raise ValueError(
+                        f"data.{part}.{domain_name}.tasks names unknown task(s) {unknown}; tasks: {names}"
+                    )
+        for key in filter(
+            None, [self.train.select, self.train.early_stopping and self.train.early_stopping.metric]
+        ):
+            self.check_metric_key(key)
+        return self
+
+    def check_metric_key(self, key: str) -> None:
+        """Raise ``ValueError`` unless ``key`` is ``<eval domain>/<task>/<metric>`` of this experiment."""
+        parts = key.split("/")
+        allowed = self.metric_keys()
+        if len(parts) != 3 or key not in allowed:
+            raise ValueError(
+                f"'{key}' is not an evaluation metric of this experiment; use <eval domain>/<task>/<metric>, "
+                f"one of: {', '.join(allowed) or '(no data.eval domains defined)'}"
+            )
+
+    def metric_keys(self) -> list[str]:
+        by_name = {t.name: t for t in self.tasks}
+        keys = []
+        for domain_name, domain in self.data.eval.items():
+            for task_name in domain.tasks or list(by_name):
+                keys += [f"{domain_name}/{task_name}/{m}" for m in by_name[task_name].metric_names]
+        return keys
+
+    @property
+    def source(self) -> str:
+        """Where this config came from (a file path, or ``<config>``)."""
+        return self._source
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading and overrides
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or malformed YAML raises :class:`ConfigError` with the position."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (it is a directory)" if path.is_dir() else ""
+        raise ConfigError(f"config file not found: {path}{hint}. Pass the path of an experiment YAML file.")
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"malformed YAML at {where}: {exc.problem or exc}. Fix the syntax there.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"malformed YAML in {path}: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty; an experiment needs at least tasks, data and model.")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of keys (tasks:, data:, model:, ...), not a {type(data).__name__}."
+        )
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a copy of ``data``.
+
+    List items are addressed by index (``tasks.0.num_classes=5``); missing mappings are created.
+    """
+    import copy
+
+    data = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"malformed override '{override}': write key.path=value, e.g. train.steps=200")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, parts[: depth + 1], override)
+        _assign(node, parts[-1], value, parts, override)
+    return data
+
+
+def _child(node: Any, part: str, path: Sequence[str], override: str) -> Any:
+    if isinstance(node, list):
+        index = _index(node, part, path, override)
+        return node[index]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override '{override}': {'.'.join(path[:-1])} is a value, not a mapping")
+    if node.get(part) is None:
+        node[part] = {}
+    elif isinstance(node[part], str) and len(path) >= 1:
+        node[part] = {"name": node[part]}  # a component given by name gains parameters
+    return node[part]
+
+
+def _assign(node: Any, part: str, value: Any, path: Sequence[str], override: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, path, override)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"override '{override}': {'.'.join(path[:-1])} is a value, not a mapping")
+
+
+def _index(node: list, part: str, path: Sequence[str], override: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(
+            f"override '{override}': {'.'.join(path[:-1])} is a list of {len(node)} items; "
+            f"'{part}' is not an index into it"
+        )
+    return int(part)
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Experiment:
+    """Load, override and validate an experiment YAML file."""
+    return validate_config(apply_overrides(read_yaml(path), overrides), source=str(path))
+
+
+def validate_config(data: Mapping[str, Any] | Experiment, source: str = "<config>") -> Experiment:
+    """Validate a config mapping into an :class:`Experiment`; errors become one readable ConfigError."""
+    if isinstance(data, Experiment):
+        return data
+    try:
+        experiment = Experiment.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    experiment._source = source
+    return experiment
+
+
+def validate_component(kind: Any, value: Any, where: str = "<argument>") -> ComponentConfig:
+    """Validate one component (e.g. ``DatasetComponent``) given by name or mapping, outside an experiment."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors(include_url=False):
+        loc = _dotted(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            lines.append(f"  - {loc}: required key is missing")
+            continue
+        given = err.get("input")
+        shown = (
+            ""
+            if isinstance(given, dict | list) or err["type"] in ("unknown_key", "component")
+            else f" = {given!r}"
+        )
+        lines.append(f"  - {loc or '(top level)'}{shown}: {message}")
+    lines.append(f"Fix the key(s) above in {source}, or override them on the command line as key.path=value.")
+    return "\n".join(lines)
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "json-or-python", "lax-or-strict")):
+            continue  # pydantic's internal validator names
+        else:
+            out += ("." if out else "") + str(part)
+    return out

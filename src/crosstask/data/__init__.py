@@ -1,0 +1,1 @@
+"""Tasks, domains, datasets and the streams that feed the trainer."""

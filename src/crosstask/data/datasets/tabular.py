@@ -1,0 +1,554 @@
+"""User tables: a CSV file (plain or gzipped) with named feature columns and one or more label columns.
+
+Every fitted transformation (one-hot categories, numeric mean/std, imputation values, class indices) is
+learned from the training rows only. The builder therefore makes the train/val/test partition itself, with
+``split_indices`` and the config's fractions and seed, and returns all three splits so that
+:func:`~crosstask.data.datasets.base.standard_splits` uses them as they are.
+
+Example (UCI Adult, two binary tasks)::
+
+    name: tabular
+    path: adult/adult.data.gz
+    test_path: adult/adult.test.gz
+    header: false
+    column_names: [age, workclass, fnlwgt, education, education-num, marital-status, occupation, relationship,
+                   race, sex, capital-gain, capital-loss, hours-per-week, native-country, income]
+    comment: "|"
+    labels:
+      income: {column: income, positive: [">50K", ">50K."]}
+      never_married: {column: marital-status, positive: [Never-married]}
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from crosstask.data.datasets.base import ArrayDataset, DatasetConfig, split_indices
+from crosstask.errors import DataError, suggest
+from crosstask.registry import DATASETS, StrictModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NA_VALUES = ["", "?", "NA", "nan"]
+MISSING_NAME = "<missing>"  # how the fitted "missing" category of a categorical column is named
+MANY_CATEGORIES = 200  # above this, one-hot encoding a column is probably a mistake (an id, free text)
+
+
+class LabelSpec(StrictModel):
+    """How one label is made from one column."""
+
+    column: str = Field(min_length=1, description="the column holding the label")
+    positive: list[str] | None = Field(
+        default=None, min_length=1, description="values meaning 1 (all other values mean 0): a binary label"
+    )
+    kind: Literal["classification", "regression"] | None = Field(
+        default=None,
+        description="regression keeps a numeric column as a float target (default classification)",
+    )
+
+    @model_validator(mode="after")
+    def _positive_is_a_class(self) -> LabelSpec:
+        if self.positive is not None and self.kind == "regression":
+            raise ValueError("positive: makes a binary class label; remove it or remove kind: regression")
+        return self
+
+
+class TabularConfig(DatasetConfig):
+    """Keys of a user CSV table: files, columns, parsing and preprocessing."""
+
+    path: Path = Field(
+        description="the CSV file (.gz read transparently); relative: to the cwd, then the data root"
+    )
+    test_path: Path | None = Field(default=None, description="a second CSV used as the test split")
+    labels: dict[str, LabelSpec] = Field(
+        min_length=1, description="label name -> column name, or {column, positive, kind}"
+    )
+    features: list[str] | None = Field(
+        default=None, min_length=1, description="feature columns (default: all non-label columns)"
+    )
+    categorical: list[str] | None = Field(
+        default=None,
+        description="columns to one-hot encode (default: those holding a value that is not a number)",
+    )
+    numeric: list[str] | None = Field(default=None, description="columns that must hold numbers")
+    delimiter: str = Field(default=",", description="the one-character field separator")
+    header: bool = Field(default=True, description="the first line names the columns")
+    column_names: list[str] | None = Field(
+        default=None, description="names for a headerless file (with header: true, they replace its names)"
+    )
+    comment: str | None = Field(default=None, description="skip lines starting with this prefix")
+    na_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NA_VALUES), description="missing values"
+    )
+    strip: bool = Field(default=True, description="strip whitespace around values")
+    normalize: bool = Field(default=True, description="standardize numeric features (train mean and std)")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_shorthand(cls, value: Any) -> Any:
+        # ``income: income`` is short for ``income: {column: income}``
+        if isinstance(value, dict):
+            return {k: {"column": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(
+                f"delimiter must be exactly one character, got {value!r}; for values separated by "
+                "', ' (such as UCI Adult) use ',' and keep strip: true"
+            )
+        return value
+
+    @field_validator("comment")
+    @classmethod
+    def _non_empty_comment(cls, value: str | None) -> str | None:
+        if value == "":
+            raise ValueError("comment must be a non-empty prefix such as '#' (or leave it out)")
+        return value
+
+    @field_validator("features", "categorical", "numeric", "column_names")
+    @classmethod
+    def _no_duplicates(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(
+                    f"lists {', '.join(map(repr, repeated))} more than once; list each column once"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> TabularConfig:
+        if not self.header and self.column_names is None:
+            raise ValueError("header: false needs column_names: (one name per field, in file order)")
+        label_columns = {spec.column: name for name, spec in self.labels.items()}
+        overlap = sorted(set(self.categorical or []) & set(self.numeric or []))
+        if overlap:
+            raise ValueError(
+                f"column(s) {', '.join(overlap)} are listed under both categorical: and numeric:"
+            )
+        for key in ("features", "categorical", "numeric"):
+            for column in getattr(self, key) or []:
+                if column in label_columns:
+                    raise ValueError(
+                        f"column '{column}' is used by labels.{label_columns[column]} and also listed under "
+                        f"{key}:; a label column cannot be a feature, remove it from {key}:"
+                    )
+        if self.features is not None:
+            for key in ("categorical", "numeric"):
+                outside = [c for c in getattr(self, key) or [] if c not in self.features]
+                if outside:
+                    raise ValueError(
+                        f"{key}: lists {', '.join(outside)}, which features: does not include; add them to "
+                        f"features: or remove them from {key}:"
+                    )
+        return self
+
+    def family_params(self) -> dict[str, Any]:
+        """The builder's keys plus the split keys: it fits its encoders on its own training rows."""
+        params = super().family_params()
+        params.update(val_fraction=self.val_fraction, split_seed=self.split_seed)
+        if self.test_path is None:  # with a test file, test_fraction does not change what is loaded
+            params["test_fraction"] = self.test_fraction
+        return params
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Table:
+    """The rows of one CSV file as strings, by column name, with the file line number of every row."""
+
+    path: Path
+    columns: list[str]
+    data: dict[str, Sequence[str]]
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+class _Lines:
+    """Iterate over a file's lines, skipping comments, remembering where the current CSV record began."""
+
+    def __init__(self, handle: TextIO, comment: str | None):
+        self.handle = handle
+        self.comment = comment
+        self.number = 0  # line number of the last line handed out
+        self.record_start: int | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for number, line in enumerate(self.handle, start=1):
+            self.number = number
+            if self.comment is not None and line.startswith(self.comment):
+                continue
+            if self.record_start is None:
+                self.record_start = number
+            yield line
+
+
+def _open_text(path: Path) -> TextIO:
+    """Open ``path`` as UTF-8 text, decompressing it when it is gzipped (by content, not by name)."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_table(path: Path, config: TabularConfig) -> Table:
+    """Read one CSV file into columns of strings; malformed files raise :class:`DataError` with the line."""
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    header: list[str] | None = None
+    header_line = 0
+    try:
+        with _open_text(path) as handle:
+            source = _Lines(handle, config.comment)
+            for row in csv.reader(source, delimiter=config.delimiter):
+                start, source.record_start = source.record_start or source.number, None
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                if config.strip:
+                    row = [value.strip() for value in row]
+                if config.header and header is None:
+                    header, header_line = row, start
+                    continue
+                rows.append(row)
+                lines.append(start)
+    except csv.Error as exc:
+        raise DataError(
+            f"{path.name}, line {source.number}: cannot parse the CSV ({exc}); fix the quoting of that line "
+            f"or set delimiter: (now {config.delimiter!r}) [file: {path}]"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot be read ({exc}); replace it with an intact copy") from None
+
+    if config.column_names is not None:
+        columns = list(config.column_names)
+    elif header is None:
+        raise DataError(f"{path}: the file is empty; it needs a header line and data rows")
+    else:
+        # unnamed header fields (e.g. a written index) still need a name to be addressed by
+        columns = [name or f"column_{i + 1}" for i, name in enumerate(header)]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise DataError(
+                f"{path.name}, line {header_line}: the header names column(s) "
+                f"{', '.join(map(repr, repeated))} more than once; rename them so that each column has "
+                "its own name"
+            )
+    if not rows:
+        what = "has a header line but no data rows" if header is not None else "is empty (no data rows)"
+        hint = f" (lines starting with {config.comment!r} are skipped as comments)" if config.comment else ""
+        raise DataError(f"{path}: the file {what}{hint}; add rows or point the config at another file")
+
+    width = len(columns)
+    bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
+    if bad is not None:
+        origin = "column_names:" if config.column_names is not None else f"the header (line {header_line})"
+        raise DataError(
+            f"{path.name}, line {lines[bad]}: expected {width} fields as named by {origin} but found "
+            f"{len(rows[bad])}; fix that row, quote values that contain the delimiter {config.delimiter!r}, "
+            f"or check delimiter: [file: {path}]"
+        )
+    data = dict(zip(columns, zip(*rows, strict=True), strict=True))
+    return Table(path, columns, data, lines)
+
+
+def _resolve(path: Path, root: Path, key: str) -> Path:
+    """Find a user file: absolute as given; relative from the working directory, then the data root."""
+    path = path.expanduser()
+    candidates = [path] if path.is_absolute() else list(dict.fromkeys([Path.cwd() / path, root / path]))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    folders = [c for c in candidates if c.is_dir()]
+    if folders:
+        raise DataError(f"tabular: {key}: {folders[0]} is a folder; point {key}: at the CSV file inside it")
+    raise DataError(
+        f"tabular: {key}: file '{path}' not found (looked at {', '.join(str(c) for c in candidates)}); fix "
+        f"{key}: (a relative path is tried from the working directory, then from the data root)"
+    )
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+class _Rows:
+    """All rows of the main file followed by those of the test file, for locating values in errors."""
+
+    def __init__(self, tables: list[Table]):
+        self.tables = tables
+        self.offsets = np.cumsum([0] + [len(t) for t in tables])
+
+    def where(self, index: int, column: str) -> str:
+        """``"file, line N, column 'c'"`` for the row at ``index`` of the concatenation."""
+        t = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        table = self.tables[t]
+        return f"{table.path.name}, line {table.lines[index - self.offsets[t]]}, column '{column}'"
+
+    def column(self, name: str) -> list[str]:
+        values: list[str] = []
+        for table in self.tables:
+            values.extend(table.data[name])
+        return values
+
+
+def parse_numbers(values: Sequence[str], na: frozenset[str]) -> tuple[np.ndarray | None, int | None]:
+    """Values as float64 (NaN where missing), or ``(None, index)`` of the first value that is no number."""
+    try:
+        return np.fromiter((math.nan if v in na else float(v) for v in values), np.float64, len(values)), None
+    except ValueError:
+        pass
+    for i, value in enumerate(values):
+        if value not in na:
+            try:
+                float(value)
+            except ValueError:
+                return None, i
+    raise AssertionError("unreachable: a value failed to parse but none fails alone")
+
+
+def _numeric_feature(
+    column: str, numbers: np.ndarray, train: np.ndarray, rows: _Rows, normalize: bool
+) -> tuple[np.ndarray, list[str]]:
+    """One numeric feature: missing values imputed with the train mean, standardized with train statistics."""
+    infinite = np.flatnonzero(np.isinf(numbers))
+    if infinite.size:
+        raise DataError(
+            f"{rows.where(int(infinite[0]), column)}: {numbers[infinite[0]]} is not a finite number; "
+            "replace it, or mark it missing by adding its text to na_values:"
+        )
+    observed = numbers[train]
+    observed = observed[~np.isnan(observed)]
+    if observed.size == 0:
+        logger.warning("tabular: column '%s' has no value in the training rows; it is imputed with 0", column)
+        mean, std = 0.0, 1.0
+    else:
+        mean, std = float(observed.mean()), float(observed.std())
+        std = std if std > 1e-12 else 1.0  # a constant column stays constant (0) instead of dividing by 0
+    filled = np.where(np.isnan(numbers), mean, numbers)
+    if normalize:
+        filled = (filled - mean) / std
+    return filled[:, None], [column]
+
+
+def _categorical_feature(
+    column: str, values: list[str], train: np.ndarray, na: frozenset[str]
+) -> tuple[np.ndarray, list[str]]:
+    """One-hot columns for the categories seen in training (plus "missing" if training has missing values).
+
+    A category never seen in training encodes as an all-zero row.
+    """
+    train_values = {values[i] for i in train}
+    has_missing = bool(train_values & na)
+    categories: list[str | None] = sorted(train_values - na)
+    if has_missing:
+        categories.append(None)  # None: the "missing" category, distinct from any string in the file
+    if len(categories) > MANY_CATEGORIES:
+        logger.warning(
+            "tabular: column '%s' has %d categories, so one-hot encoding makes %d features; "
+            "if it is an id or free text, leave it out of features:",
+            column,
+            len(categories),
+            len(categories),
+        )
+    index = {category: j for j, category in enumerate(categories)}
+    codes = np.fromiter((index.get(None if v in na else v, -1) for v in values), np.int64, len(values))
+    onehot = np.zeros((len(values), len(categories)), np.float32)
+    known = np.flatnonzero(codes >= 0)
+    onehot[known, codes[known]] = 1.0
+    unseen = len(values) - known.size
+    if unseen:
+        logger.info(
+            "tabular: column '%s': %d val/test rows hold categories unseen in training (all-zero)",
+            column,
+            unseen,
+        )
+    names = [f"{column}={MISSING_NAME if c is None else c}" for c in categories]
+    return onehot, names
+
+
+def _label(
+    name: str, spec: LabelSpec, values: list[str], train: np.ndarray, rows: _Rows, na: frozenset[str]
+) -> tuple[np.ndarray, list[str] | None]:
+    """One label: int64 class indices (missing -1) or float32 regression targets (missing NaN)."""
+    where = f"labels.{name}"
+    if spec.positive is not None:
+        positive = set(spec.positive)
+        y = np.fromiter((-1 if v in na else int(v in positive) for v in values), np.int64, len(values))
+        if not (y == 1).any():
+            seen = sorted({v for v in values if v not in na})
+            raise DataError(
+                f"{rows.tables[0].path.name}: column '{spec.column}' ({where}) never holds a value listed "
+                f"under positive: {spec.positive}; values seen: {', '.join(map(repr, seen[:20]))}"
+                f"{' ...' if len(seen) > 20 else ''}; fix positive:"
+            )
+        joined = " / ".join(spec.positive)
+        return y, [f"not {joined}", joined]
+
+    if spec.kind == "regression":
+        numbers, bad = parse_numbers(values, na)
+        if numbers is None:
+            raise DataError(
+                f"{rows.where(bad, spec.column)}: '{values[bad]}' is not a number but {where} is a "
+                "regression target; fix the value, add it to na_values: if it means missing, or remove "
+                "kind: regression"
+            )
+        return numbers.astype(np.float32), None
+
+    train_values = {values[i] for i in train} - na
+    if not train_values:
+        raise DataError(
+            f"{rows.tables[0].path.name}: column '{spec.column}' ({where}) has no value in the training "
+            "rows; check the column and na_values:"
+        )
+    numbers, _ = parse_numbers(sorted(train_values), frozenset())
+    # numeric class values sort as numbers, so that "10" comes after "9"
+    classes = sorted(train_values, key=float) if numbers is not None else sorted(train_values)
+    if numbers is not None and len(classes) > 20 and spec.kind is None:
+        logger.warning(
+            "tabular: %s: column '%s' holds %d distinct numbers, each made a class; set kind: regression "
+            "for a numeric target",
+            where,
+            spec.column,
+            len(classes),
+        )
+    index = {value: j for j, value in enumerate(classes)}
+    y = np.fromiter((-1 if v in na else index.get(v, -2) for v in values), np.int64, len(values))
+    unseen = np.flatnonzero(y == -2)
+    if unseen.size:
+        i = int(unseen[0])
+        shown = ", ".join(map(repr, classes[:20])) + (" ..." if len(classes) > 20 else "")
+        # a main-file value missed training by the draw of the split; a test-file value never had a chance
+        remedy = "use another split_seed" if i < len(rows.tables[0]) else "add training rows that hold it"
+        raise DataError(
+            f"{rows.where(i, spec.column)}: label value '{values[i]}' ({where}) does not occur in the "
+            f"training rows, so it has no class index (classes: {shown}); fix the value, merge it into a "
+            f"known class, or {remedy} ({unseen.size} row(s) affected)"
+        )
+    return y, classes
+
+
+def _check_columns(table: Table, needed: dict[str, str], config: TabularConfig) -> None:
+    """Check that every needed column (name -> where it is used) exists in ``table``; else a DataError."""
+    for column, used in needed.items():
+        if column not in table.data:
+            hint = (
+                " If the file has no header line, set header: false and column_names:."
+                if config.header and config.column_names is None
+                else ""
+            )
+            raise DataError(
+                f"{table.path.name}: column '{column}' (used by {used}) not found."
+                f"{suggest(column, table.columns)} Columns in the file: {', '.join(table.columns)}. "
+                f"Fix the name in {used.split('.')[0]}:.{hint} "
+                f"[file: {table.path}]"
+            )
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+@DATASETS.register("tabular", config=TabularConfig)
+def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
+    """A user CSV table with named features and labels; encoders and scaling fitted on the training rows."""
+    main = read_table(_resolve(config.path, root, "path"), config)
+    tables = [main]
+    if config.test_path is not None:
+        tables.append(read_table(_resolve(config.test_path, root, "test_path"), config))
+    rows = _Rows(tables)
+    na = frozenset(config.na_values)
+
+    label_columns = {spec.column for spec in config.labels.values()}
+    features = config.features or [c for c in main.columns if c not in label_columns]
+    needed = {spec.column: f"labels.{name}" for name, spec in config.labels.items()}
+    needed.update({c: "features" for c in features if c not in needed})
+    for key in ("categorical", "numeric"):
+        needed.update({c: key for c in getattr(config, key) or [] if c not in needed})
+    for table in tables:
+        _check_columns(table, needed, config)
+    if not features:
+        raise DataError(
+            f"{main.path.name}: no feature columns left besides the labels; list them under features:"
+        )
+
+    # the partition of the main file; the test file, when given, is the whole test split
+    parts = split_indices(
+        len(main), config.val_fraction, 0.0 if config.test_path else config.test_fraction, config.split_seed
+    )
+    index = {split: np.sort(part.numpy()) for split, part in parts.items()}
+    if config.test_path is not None:
+        index["test"] = np.arange(len(main), len(main) + len(tables[1]))
+    train = index["train"]
+    if train.size == 0:
+        raise DataError(
+            f"{main.path}: {len(main)} row(s) leave no training rows; add rows or lower the fractions"
+        )
+
+    blocks, names = [], []
+    categorical, numeric = set(config.categorical or []), set(config.numeric or [])
+    for column in features:
+        values = rows.column(column)
+        numbers = None
+        if column not in categorical:
+            numbers, bad = parse_numbers(values, na)
+            declared = column in numeric or config.categorical is not None
+            if numbers is None and declared:
+                raise DataError(
+                    f"{rows.where(bad, column)}: '{values[bad]}' is not a number; list the column under "
+                    "categorical: or fix the value (or add it to na_values: if it means missing)"
+                )
+        block, block_names = (
+            _numeric_feature(column, numbers, train, rows, config.normalize)
+            if numbers is not None
+            else _categorical_feature(column, values, train, na)
+        )
+        blocks.append(block)
+        names.extend(block_names)
+    x = np.concatenate(blocks, axis=1).astype(np.float32)
+
+    labels, classes, kinds = {}, {}, {}
+    for name, spec in config.labels.items():
+        labels[name], label_classes = _label(name, spec, rows.column(spec.column), train, rows, na)
+        kinds[name] = "regression" if label_classes is None else "classification"
+        if label_classes is not None:
+            classes[name] = label_classes
+
+    info = {"feature_names": names, "classes": classes, "label_kinds": kinds}
+    keep = ["train", "test"] + (["val"] if config.val_fraction > 0 else [])
+    splits = {
+        split: ArrayDataset(
+            torch.from_numpy(x[index[split]]),
+            {name: torch.from_numpy(y[index[split]]) for name, y in labels.items()},
+            **info,
+        )
+        for split in keep
+    }
+    logger.info(
+        "tabular: %s: %s rows, %d features (%d columns), labels %s",
+        main.path.name,
+        "/".join(f"{s} {len(d)}" for s, d in splits.items()),
+        len(names),
+        len(features),
+        ", ".join(f"{n} ({kinds[n]})" for n in labels),
+    )
+    return splits

@@ -1,0 +1,98 @@
+"""The method contract: a training step returns named losses.
+
+Every method (source-only training, multi-task learning, domain adaptation, meta-learning) computes a dict
+of named losses per step; the weighting turns them into gradients and the Trainer does the rest::
+
+    @METHODS.register("erm", config=ERMConfig)
+    class ERM(Method):
+        def training_step(self, batch): return StepOutput({"source": loss})
+
+A method holds its own trainable parts (a domain discriminator, say) in ``self.modules``; they are
+optimized and checkpointed with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from crosstask.data.streams import Batch
+from crosstask.data.tasks import Task
+from crosstask.errors import ConfigError
+from crosstask.evaluation.losses import task_loss
+from crosstask.models.model import MultiTaskModel
+from crosstask.registry import ComponentConfig
+
+
+@dataclass
+class StepOutput:
+    """Named losses of one step, extra values to log, and the shared representation if computed."""
+
+    losses: dict[str, Tensor]
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
+    shared: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a method knows about a training stream: its name, whether labeled, and its tasks."""
+
+    name: str
+    labeled: bool
+    tasks: tuple[str, ...]
+
+
+class Method:
+    """Base class of training methods. Subclasses implement :meth:`training_step` and :attr:`loss_names`."""
+
+    def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
+        self.config = config
+        self.model = model
+        self.streams = {s.name: s for s in streams}
+        self.tasks: dict[str, Task] = {t.name: t for t in model.tasks}
+        self.modules = nn.ModuleDict()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def loss_names(self) -> list[str]:
+        """The names of the losses every training step returns (the weighting is set up with them)."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Prepare the model before the optimizer is built (freezing layers, say)."""
+
+    def training_step(self, batch: dict[str, Batch]) -> StepOutput:
+        raise NotImplementedError
+
+    def labeled_streams(self) -> list[StreamSpec]:
+        """Training streams with labels, or a config error naming the method when there are none."""
+        labeled = [s for s in self.streams.values() if s.labeled and s.tasks]
+        if not labeled:
+            raise ConfigError(
+                f"method '{self.name}' needs at least one labeled training domain; data.train has "
+                f"{', '.join(self.streams) or 'none'}, all unlabeled. Set labeled: true on one of them."
+            )
+        return labeled
+
+    def supervised_losses(
+        self, batch: dict[str, Batch], streams: list[StreamSpec]
+    ) -> dict[tuple[str, str], Tensor]:
+        """The loss of every (stream, task) pair with labels: one forward pass per stream."""
+        losses = {}
+        for spec in streams:
+            data = batch[spec.name]
+            outputs = self.model(data.x)
+            for task in spec.tasks:
+                losses[spec.name, task] = task_loss(self.tasks[task], outputs[task], data.y[task])
+        return losses
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": self.modules.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.modules.load_state_dict(state["modules"])

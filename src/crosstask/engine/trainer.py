@@ -1,0 +1,337 @@
+"""The one training loop, for every method.
+
+Per optimizer step: draw a multi-stream batch (``train.accumulate`` times), let the method compute its named
+losses under optional bf16 autocast, stop on a NaN/inf loss, let the weighting turn the losses into
+gradients, clip, step the optimizer and the schedule. Around it: logging, evaluation per domain and task,
+best-checkpoint selection, early stopping, atomic checkpoints, exact resume, and a graceful stop on
+SIGINT/SIGTERM (the current step finishes and is checkpointed).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from crosstask.config import TrainConfig
+from crosstask.data.streams import MultiStream
+from crosstask.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from crosstask.engine.logging import MetricsLog, Progress, log
+from crosstask.engine.method import Method
+from crosstask.engine.run_dir import RunDir
+from crosstask.errors import RunError, TrainingDiverged
+from crosstask.evaluation.evaluator import Evaluator
+from crosstask.models.model import MultiTaskModel
+from crosstask.weighting.base import BalanceContext, Weighting
+
+
+class Trainer:
+    """Runs a method's steps on a model until ``train.steps``, early stopping, divergence or a stop signal."""
+
+    def __init__(
+        self,
+        *,
+        model: MultiTaskModel,
+        method: Method,
+        weighting: Weighting,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        streams: MultiStream,
+        evaluator: Evaluator | None,
+        config: TrainConfig,
+        run_dir: RunDir,
+        device: torch.device,
+        progress: Progress | None = None,
+        name: str = "run",
+    ):
+        self.model = model
+        self.method = method
+        self.weighting = weighting
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.streams = streams
+        self.evaluator = evaluator
+        self.config = config
+        self.run_dir = run_dir
+        self.device = device
+        self.progress = progress or Progress()
+        self.name = name
+        self.metrics_log = MetricsLog(run_dir.metrics)
+        self.loss_names = list(method.loss_names)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        self.select = config.select_metric
+        self.higher_is_better = _direction(self.select, model) if self.select else True
+        self.checkpoint_every = config.checkpoint_every or config.eval_every or config.steps
+        # state that a checkpoint carries
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.bad_evals = 0
+        self.elapsed = 0.0
+        self._loss_sum = torch.zeros(len(self.loss_names), device=device)
+        self._weight_sum: dict[str, float] = dict.fromkeys(self.loss_names, 0.0)
+        self._logged_steps = 0
+        self._stop_requested = False
+        self._started = time.perf_counter()
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or resume from ``checkpoints/last.pt``) and return the run summary."""
+        if resume and self.run_dir.last.exists():
+            self._load(self.run_dir.last)
+            log.info("resuming %s from step %d", self.run_dir, self.step)
+        self.metrics_log.truncate_after(self.step)
+        self._started = time.perf_counter()
+        status, final, evaluated_at, saved_at = "completed", {}, None, None
+        self.progress.start(self.config.steps, self.step, self.name)
+        try:
+            with self._stop_on_signals():
+                self.model.train()
+                while self.step < self.config.steps:
+                    self._train_step()
+                    self.step += 1
+                    if self.step % self.config.log_every == 0:
+                        self._log_train()
+                    if self.config.eval_every and self.step % self.config.eval_every == 0:
+                        final, evaluated_at = self._evaluate(), self.step
+                        if self._should_stop_early():
+                            status = "stopped_early"
+                    if self._stop_requested and status == "completed":
+                        status = "interrupted"
+                    if status != "completed" or self.step % self.checkpoint_every == 0:
+                        self._save_last()
+                        saved_at = self.step
+                    if status != "completed":
+                        break
+            if status != "interrupted" and evaluated_at != self.step:
+                final = self._evaluate()
+            if saved_at != self.step:
+                self._save_last()
+        except TrainingDiverged as exc:
+            self._write_summary("diverged", {}, error=str(exc))
+            raise
+        finally:
+            self.progress.close()
+        return self._write_summary(status, final)
+
+    def _train_step(self) -> None:
+        accumulate = self.config.accumulate
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(accumulate):
+            batch = next(self.streams)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                output = self.method.training_step(batch)
+            losses = output.losses
+            if losses.keys() != set(self.loss_names):
+                raise RunError(
+                    f"method '{self.method.name}' returned losses {sorted(losses)} but declared {self.loss_names}"
+                )
+            values = torch.stack([losses[n].detach().float() for n in self.loss_names])
+            if not bool(torch.isfinite(values).all()):
+                bad = {
+                    n: float(v)
+                    for n, v in zip(self.loss_names, values.tolist(), strict=True)
+                    if not math.isfinite(v)
+                }
+                raise TrainingDiverged(
+                    self._diverged_message(f"loss {', '.join(f'{k}={v}' for k, v in bad.items())}")
+                )
+            if accumulate > 1:
+                losses = {n: loss / accumulate for n, loss in losses.items()}
+            weights = self.weighting.backward(
+                losses, BalanceContext(self.step, self.shared_params, output.shared)
+            )
+            self._loss_sum += values / accumulate
+            for n in self.loss_names:
+                self._weight_sum[n] += float(weights[n]) / accumulate
+        if self.config.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            if not bool(torch.isfinite(norm)):
+                raise TrainingDiverged(self._diverged_message(f"gradient norm {float(norm)}"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self._logged_steps += 1
+
+    def _diverged_message(self, what: str) -> str:
+        kept = (
+            f"the last good checkpoint ({self.run_dir.last}) is kept"
+            if self.run_dir.last.exists()
+            else "no checkpoint was written yet"
+        )
+        return (
+            f"training diverged at step {self.step + 1}: {what}. Stopped; {kept}. Lower optim.lr, set "
+            "train.grad_clip, or check the data for NaN/inf values."
+        )
+
+    # ------------------------------------------------------------------ logging, evaluation, early stopping
+
+    def _log_train(self) -> None:
+        n = max(1, self._logged_steps)
+        losses = {f"loss/{k}": v / n for k, v in zip(self.loss_names, self._loss_sum.tolist(), strict=True)}
+        weights = {f"weight/{k}": v / n for k, v in self._weight_sum.items()}
+        lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        self.metrics_log.write({"step": self.step, "phase": "train", **losses, **weights, **lrs})
+        self.progress.update(self.step, {k.removeprefix("loss/"): v for k, v in losses.items()})
+        self._loss_sum.zero_()
+        self._weight_sum = dict.fromkeys(self.loss_names, 0.0)
+        self._logged_steps = 0
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.evaluator is None:
+            return {}
+        metrics = self.evaluator.evaluate(self.model)
+        self.metrics_log.write({"step": self.step, "phase": "eval", **metrics})
+        self.progress.evaluated(self.step, metrics)
+        if self.select is not None:
+            value = metrics[self.select]
+            if self._improves(value):
+                self.best = {"metric": self.select, "value": value, "step": self.step, "metrics": metrics}
+                self.bad_evals = 0
+                save_checkpoint(
+                    self.run_dir.best,
+                    {
+                        "model": self.model.state_dict(),
+                        "model_spec": self.model.spec(),
+                        "step": self.step,
+                        "metrics": metrics,
+                    },
+                )
+            else:
+                self.bad_evals += 1
+        return metrics
+
+    def _improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        delta = self.config.early_stopping.min_delta if self.config.early_stopping else 0.0
+        gain = value - self.best["value"] if self.higher_is_better else self.best["value"] - value
+        return gain > delta
+
+    def _should_stop_early(self) -> bool:
+        stop = self.config.early_stopping
+        if stop is not None and self.bad_evals >= stop.patience:
+            log.info(
+                "early stopping at step %d: %s has not improved for %d evaluations",
+                self.step,
+                stop.metric,
+                self.bad_evals,
+            )
+            return True
+        return False
+
+    # ------------------------------------------------------------------ checkpoints and summary
+
+    def _save_last(self) -> None:
+        for p in self.model.parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise TrainingDiverged(self._diverged_message("a model parameter became NaN/inf"))
+        save_checkpoint(
+            self.run_dir.last,
+            {
+                "format": 1,
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "model_spec": self.model.spec(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "weighting": self.weighting.state_dict(),
+                "method": self.method.state_dict(),
+                "streams": self.streams.state_dict(),
+                "rng": capture_rng(),
+                "trainer": {
+                    "best": self.best,
+                    "bad_evals": self.bad_evals,
+                    "elapsed": self.elapsed_total,
+                    "loss_sum": self._loss_sum.cpu(),
+                    "weight_sum": self._weight_sum,
+                    "logged_steps": self._logged_steps,
+                },
+            },
+        )
+
+    def _load(self, path: Any) -> None:
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.weighting.load_state_dict(state["weighting"])
+            self.method.load_state_dict(state["method"])
+            self.streams.load_state_dict(state["streams"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise RunError(
+                f"{path} does not match this run's model or setup ({exc}); start a new run instead of --resume"
+            ) from None
+        trainer = state["trainer"]
+        self.step = int(state["step"])
+        self.best, self.bad_evals, self.elapsed = trainer["best"], trainer["bad_evals"], trainer["elapsed"]
+        self._loss_sum = trainer["loss_sum"].to(self.device)
+        self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
+        restore_rng(state["rng"])
+
+    def _write_summary(
+        self, status: str, final: dict[str, float], error: str | None = None
+    ) -> dict[str, Any]:
+        summary = {
+            "name": self.name,
+            "status": status,
+            "step": self.step,
+            "steps": self.config.steps,
+            "final": final,
+            "best": self.best,
+            "elapsed_s": round(self.elapsed_total, 3),
+            "method": self.method.name,
+            "weighting": self.weighting.config.name,
+            "device": str(self.device),
+            "run_dir": str(self.run_dir),
+        }
+        if error:
+            summary["error"] = error
+        self.run_dir.write_json(self.run_dir.summary, summary)
+        return summary
+
+    @contextmanager
+    def _stop_on_signals(self) -> Any:
+        """Turn the first SIGINT/SIGTERM into a stop after the current step (with a checkpoint)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Callable | int | None] = {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:  # a second signal: stop now
+                signal.signal(signum, previous.get(signum) or signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            log.warning(
+                "stop requested: finishing step %d and writing a checkpoint (signal again to abort)",
+                self.step + 1,
+            )
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @property
+    def elapsed_total(self) -> float:
+        """Seconds of training over this run's life, resumes included."""
+        return self.elapsed + time.perf_counter() - self._started
+
+
+def _direction(metric_key: str, model: MultiTaskModel) -> bool:
+    from crosstask.registry import METRICS
+
+    return METRICS.get(metric_key.rsplit("/", 1)[-1]).obj.higher_is_better

@@ -1,0 +1,72 @@
+"""Evaluation per domain and per task: ``{"<domain>/<task>/<metric>": value}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from crosstask.data.domains import Domain
+from crosstask.data.streams import LabelReader, iterate_batches
+from crosstask.data.tasks import Task
+from crosstask.models.model import MultiTaskModel
+from crosstask.registry import METRICS
+
+
+class Evaluator:
+    """Scores a model on labeled evaluation domains with each task's metrics."""
+
+    def __init__(
+        self,
+        domains: Mapping[str, Domain],
+        tasks: list[Task],
+        *,
+        batch_size: int = 512,
+        device: torch.device | str = "cpu",
+        bf16: bool = False,
+        num_workers: int = 0,
+    ):
+        self.domains = dict(domains)
+        self.tasks = {t.name: t for t in tasks}
+        self.readers = {name: LabelReader(d, tasks, labeled=True) for name, d in self.domains.items()}
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.bf16 = bf16
+        self.num_workers = num_workers
+
+    def metric_keys(self) -> list[str]:
+        return [
+            f"{d}/{t}/{m}"
+            for d, r in self.readers.items()
+            for t in r.keys
+            for m in self.tasks[t].metric_names
+        ]
+
+    @torch.no_grad()
+    def predict(self, model: MultiTaskModel, domain: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Outputs and targets by task over a whole evaluation domain (on the CPU)."""
+        reader = self.readers[domain]
+        outputs: dict[str, list[Tensor]] = {t: [] for t in reader.keys}
+        targets: dict[str, list[Tensor]] = {t: [] for t in reader.keys}
+        for x, y in iterate_batches(self.domains[domain].dataset, self.batch_size, self.num_workers):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = model(x.to(self.device))
+            for task, target in reader(y).items():
+                outputs[task].append(out[task].float().cpu())
+                targets[task].append(torch.as_tensor(target).cpu())
+        return {t: torch.cat(v) for t, v in outputs.items()}, {t: torch.cat(v) for t, v in targets.items()}
+
+    def evaluate(self, model: MultiTaskModel) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = {}
+            for domain in self.domains:
+                outputs, targets = self.predict(model, domain)
+                for task, output in outputs.items():
+                    for metric in self.tasks[task].metric_names:
+                        metrics[f"{domain}/{task}/{metric}"] = METRICS.get(metric).obj(output, targets[task])
+            return metrics
+        finally:
+            model.train(was_training)

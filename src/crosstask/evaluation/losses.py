@@ -1,0 +1,68 @@
+"""Per-task losses. Missing labels (class -1, target NaN) are masked out without a host synchronisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crosstask.registry import LOSSES
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _real_targets(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Targets shaped like ``output`` as floats, with NaN (missing) replaced by 0, and the mask of present ones."""
+    target = target.reshape(output.shape).to(output.dtype)
+    mask = ~torch.isnan(target)
+    return torch.nan_to_num(target), mask
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Softmax cross-entropy over class logits; class index -1 marks a missing label."""
+    mask = target >= 0
+    per_sample = F.cross_entropy(output.float(), target.clamp_min(0).long(), reduction="none")
+    return _masked_mean(per_sample, mask)
+
+
+@LOSSES.register("bce")
+def binary_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Sigmoid binary cross-entropy per label (multilabel); NaN marks a missing label."""
+    target, mask = _real_targets(output.float(), target)
+    per_label = F.binary_cross_entropy_with_logits(output.float(), target, reduction="none")
+    return _masked_mean(per_label, mask)
+
+
+@LOSSES.register("mse")
+def mean_squared_error(output: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error; NaN marks a missing target."""
+    target, mask = _real_targets(output.float(), target)
+    return _masked_mean((output.float() - target) ** 2, mask)
+
+
+@LOSSES.register("l1")
+def mean_absolute_error(output: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error; NaN marks a missing target."""
+    target, mask = _real_targets(output.float(), target)
+    return _masked_mean((output.float() - target).abs(), mask)
+
+
+@LOSSES.register("huber")
+def huber(output: Tensor, target: Tensor) -> Tensor:
+    """Huber loss with delta 1 (smooth L1); NaN marks a missing target."""
+    target, mask = _real_targets(output.float(), target)
+    return _masked_mean(F.huber_loss(output.float(), target, reduction="none", delta=1.0), mask)
+
+
+def task_loss(task: Any, output: Tensor, target: Tensor) -> Tensor:
+    """The loss of ``task`` (its ``loss`` or the default for its kind) on one batch."""
+    return LOSSES.get(task.loss_name).obj(output, target)

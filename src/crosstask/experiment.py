@@ -1,0 +1,432 @@
+"""Running experiments: from a config (``run``), from Python objects (``fit``), and evaluating a run.
+
+Both entry points end in :func:`train`, which builds the method, weighting, optimizer, schedule, streams
+and evaluator around a model and hands them to the one :class:`~crosstask.engine.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+from crosstask.config import (
+    Experiment,
+    ModelConfig,
+    TrainConfig,
+    component,
+    load_config,
+    validate_component,
+    validate_config,
+)
+from crosstask.data.datasets.base import load_dataset
+from crosstask.data.domains import Domain
+from crosstask.data.streams import MultiStream, Stream
+from crosstask.data.tasks import Task
+from crosstask.engine.checkpoint import read_model_checkpoint
+from crosstask.engine.logging import Progress
+from crosstask.engine.method import StreamSpec
+from crosstask.engine.optim import build_optimizer
+from crosstask.engine.run_dir import RunDir
+from crosstask.engine.schedulers import build_scheduler
+from crosstask.engine.trainer import Trainer
+from crosstask.errors import ConfigError, RunError
+from crosstask.evaluation.evaluator import Evaluator
+from crosstask.models.model import MultiTaskModel, infer_input_shape
+from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run leaves: its directory, its summary, and the trained model (the last weights)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    model: MultiTaskModel
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Evaluation metrics of the final model: ``{"<domain>/<task>/<metric>": value}``."""
+        return self.summary["final"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but no CUDA device is available here; use auto or cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed torch, numpy and random; with ``deterministic`` also ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+# ----------------------------------------------------------------------------- the shared path
+
+
+def train(
+    model: MultiTaskModel,
+    *,
+    train_domains: Mapping[str, Domain],
+    eval_domains: Mapping[str, Domain],
+    method: ComponentConfig,
+    weighting: ComponentConfig,
+    optim: ComponentConfig,
+    scheduler: ComponentConfig,
+    config: TrainConfig,
+    run_dir: RunDir,
+    name: str,
+    seed: int,
+    num_workers: int = 0,
+    eval_batch_size: int = 512,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train ``model`` with a named method and weighting; the common end of :func:`run` and :func:`fit`."""
+    device = resolve_device(config.device)
+    model.to(device)
+    tasks = model.tasks
+    specs = [
+        StreamSpec(d.name, d.labeled, tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]))
+        for d in train_domains.values()
+    ]
+    method_obj = METHODS.get(method.name).obj(method, model, specs)
+    method_obj.setup()
+    method_obj.modules.to(device)
+    weighting_obj = WEIGHTINGS.get(weighting.name).obj(weighting, method_obj.loss_names)
+    optimizer = build_optimizer(optim, model, method_obj.modules.parameters())
+    lr_schedule = build_scheduler(scheduler, optimizer, config.steps)
+    streams = MultiStream(
+        {
+            d.name: Stream(
+                d, tasks, d.batch_size or config.batch_size, seed=seed, device=device, num_workers=num_workers
+            )
+            for d in train_domains.values()
+        }
+    )
+    evaluator = None
+    if eval_domains:
+        evaluator = Evaluator(
+            eval_domains,
+            tasks,
+            batch_size=eval_batch_size,
+            device=device,
+            bf16=config.bf16,
+            num_workers=num_workers,
+        )
+    if config.select_metric and evaluator and config.select_metric not in evaluator.metric_keys():
+        raise ConfigError(
+            f"train.select/early_stopping.metric '{config.select_metric}' is not evaluated; "
+            f"evaluation keys: {', '.join(evaluator.metric_keys())}"
+        )
+    trainer = Trainer(
+        model=model,
+        method=method_obj,
+        weighting=weighting_obj,
+        optimizer=optimizer,
+        scheduler=lr_schedule,
+        streams=streams,
+        evaluator=evaluator,
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        progress=progress,
+        name=name,
+    )
+    summary = trainer.fit(resume=resume)
+    return RunResult(run_dir.path, summary, model)
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+def build_model(
+    config: ModelConfig, tasks: Sequence[Task], input_shape: Sequence[int] | None
+) -> MultiTaskModel:
+    model = MultiTaskModel(
+        config.backbone,
+        tasks,
+        architecture=config.architecture,
+        bottleneck=config.bottleneck.model_dump() if config.bottleneck else None,
+        head=config.head.model_dump(),
+        input_shape=input_shape,
+    )
+    if config.init_from is not None:
+        _, state = read_model_checkpoint(config.init_from)
+        loaded = model.load_matching(state, source=str(config.init_from))
+        log.info("initialised %d tensors from %s", len(loaded), config.init_from)
+    return model
+
+
+def build_domains(experiment: Experiment, part: str) -> dict[str, Domain]:
+    root = experiment.data.root
+    return {
+        name: Domain(
+            name, load_dataset(d.dataset, root), d.labeled if part == "train" else True, d.tasks, d.batch_size
+        )
+        for name, d in getattr(experiment.data, part).items()
+    }
+
+
+def run(
+    config: Experiment | Mapping[str, Any] | str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    resume: bool = False,
+    run_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run an experiment from a YAML path, a config mapping or an :class:`Experiment`.
+
+    The resolved config is saved as ``config.yaml`` in the run directory (``output_dir/name``, or
+    ``name-1``, ... when that exists). ``resume=True`` continues ``output_dir/name`` (or ``run_dir``) from its
+    last checkpoint; its saved config must match except for ``train.steps``.
+    """
+    if isinstance(config, str | os.PathLike):
+        experiment = load_config(config, overrides)
+    else:
+        if overrides:
+            from crosstask.config import apply_overrides
+
+            data = config.model_dump(mode="json") if isinstance(config, Experiment) else dict(config)
+            config = apply_overrides(data, overrides)
+        experiment = validate_config(config)
+    seed_everything(experiment.seed, experiment.train.deterministic)
+    train_domains = build_domains(experiment, "train")
+    eval_domains = build_domains(experiment, "eval")
+    input_shape = infer_input_shape(next(iter(train_domains.values())).dataset)
+    model = build_model(experiment.model, experiment.tasks, input_shape)
+    directory = (
+        RunDir(run_dir)
+        if run_dir is not None
+        else RunDir.create(experiment.output_dir, experiment.name, resume=resume)
+    )
+    directory.path.mkdir(parents=True, exist_ok=True)
+    _save_config(directory, experiment.model_dump(mode="json"), resume)
+    return train(
+        model,
+        train_domains=train_domains,
+        eval_domains=eval_domains,
+        method=experiment.method,
+        weighting=experiment.weighting,
+        optim=experiment.optim,
+        scheduler=experiment.scheduler,
+        config=experiment.train,
+        run_dir=directory,
+        name=directory.path.name,
+        seed=experiment.seed,
+        num_workers=experiment.data.num_workers,
+        eval_batch_size=experiment.data.eval_batch_size,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> None:
+    """Write config.yaml; on resume, refuse a config that differs from the saved one (except train.steps)."""
+    if resume and directory.config.exists():
+        saved = yaml.safe_load(directory.config.read_text())
+        differences = _differences(saved, resolved, ignore={"train.steps"})
+        if differences:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
+            raise RunError(
+                f"cannot resume {directory}: the config differs from the one it was started with ({shown}). "
+                "Resume with the same config (train.steps may change), or start a new run without --resume."
+            )
+    directory.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def _differences(a: Any, b: Any, ignore: set[str], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if path not in ignore:
+                out += _differences(a.get(key), b.get(key), ignore, path)
+        return out
+    return [] if a == b else [(prefix, a, b)]
+
+
+# ----------------------------------------------------------------------------- from Python objects
+
+
+def _as_domain(name: str, value: Dataset | Domain, labeled: bool) -> Domain:
+    if isinstance(value, Domain):
+        return value
+    if not isinstance(value, Dataset) and not hasattr(value, "__getitem__"):
+        raise ConfigError(
+            f"{name}= must be a torch Dataset or a crosstask Domain, got {type(value).__name__}"
+        )
+    return Domain(name, value, labeled)
+
+
+def fit(
+    model: MultiTaskModel,
+    *,
+    method: str | Mapping[str, Any] = "erm",
+    data: Dataset | None = None,
+    source: Dataset | Domain | None = None,
+    target: Dataset | Domain | None = None,
+    streams: Mapping[str, Dataset | Domain] | None = None,
+    eval: Mapping[str, Dataset | Domain] | None = None,
+    weighting: str | Mapping[str, Any] = "static",
+    optim: str | Mapping[str, Any] = "sgd",
+    scheduler: str | Mapping[str, Any] = "constant",
+    steps: int = 1000,
+    batch_size: int = 32,
+    name: str = "fit",
+    output_dir: str | os.PathLike = "runs",
+    seed: int = 0,
+    resume: bool = False,
+    progress: Progress | None = None,
+    **train_options: Any,
+) -> RunResult:
+    """Train ``model`` on plain datasets with a named method and weighting.
+
+    Args:
+        model: a :class:`MultiTaskModel` or :class:`TransferModel`.
+        method: ``"erm"``, ``"multitask"``, ... or a config mapping (``{"name": "erm", "finetune": "linear_probe"}``).
+        data: a labeled dataset, trained as the stream ``train`` (multi-task data, or plain supervised data).
+        source: a labeled source dataset (stream ``source``).
+        target: an unlabeled target dataset (stream ``target``); pass ``Domain("target", ds, labeled=True)``
+            for labeled target data.
+        streams: more streams by name, as datasets (labeled) or :class:`Domain` objects.
+        eval: evaluation sets by name; each is scored with every task's metrics.
+        weighting, optim, scheduler: by name or config mapping.
+        steps, batch_size, **train_options: keys of the ``train:`` config section (``eval_every``, ``bf16``,
+            ``grad_clip``, ``accumulate``, ``early_stopping``, ``device``, ...).
+        name, output_dir, seed, resume: where the run goes; ``resume=True`` continues ``output_dir/name``.
+
+    Datasets yield ``(x, y)``, ``(x, {task: y})`` or, unlabeled, ``x``.
+    """
+    domains: dict[str, Domain] = {}
+    if data is not None:
+        domains["train"] = _as_domain("train", data, True)
+    if source is not None:
+        domains["source"] = _as_domain("source", source, True)
+    if target is not None:
+        domains["target"] = _as_domain("target", target, False)
+    for key, value in (streams or {}).items():
+        domains[key] = _as_domain(key, value, True)
+    for key, domain in domains.items():
+        domain.name = key
+    if not domains:
+        raise ConfigError("fit() needs training data: pass data=, source= (and target=), or streams=")
+    eval_domains = {k: _as_domain(k, v, True) for k, v in (eval or {}).items()}
+    for key, domain in eval_domains.items():
+        domain.name = key
+    train_config = _validate(
+        TrainConfig, {"steps": steps, "batch_size": batch_size, **train_options}, "train"
+    )
+    components = {
+        "method": validate_component(component(METHODS), method, "method"),
+        "weighting": validate_component(component(WEIGHTINGS), weighting, "weighting"),
+        "optim": validate_component(component(OPTIMIZERS), optim, "optim"),
+        "scheduler": validate_component(component(SCHEDULERS), scheduler, "scheduler"),
+    }
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    directory = RunDir.create(output_dir, name, resume=resume)
+    resolved = {
+        "name": name,
+        "seed": seed,
+        "model": model.spec(),
+        "data": {
+            part: {
+                k: {"dataset": repr(d.dataset)[:200], "labeled": d.labeled, "tasks": d.tasks}
+                for k, d in ds.items()
+            }
+            for part, ds in (("train", domains), ("eval", eval_domains))
+        },
+        **{k: v.model_dump(mode="json") for k, v in components.items()},
+        "train": train_config.model_dump(mode="json"),
+    }
+    _save_config(directory, resolved, resume)
+    return train(
+        model,
+        train_domains=domains,
+        eval_domains=eval_domains,
+        config=train_config,
+        run_dir=directory,
+        name=directory.path.name,
+        seed=seed,
+        resume=resume,
+        progress=progress,
+        **components,
+    )
+
+
+def _validate(model_cls: type, value: Mapping[str, Any], where: str) -> Any:
+    from pydantic import ValidationError
+
+    from crosstask.config import format_validation_error
+
+    try:
+        return model_cls.model_validate(dict(value))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+# ----------------------------------------------------------------------------- evaluating a finished run
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", overrides: Sequence[str] = ()
+) -> dict[str, float]:
+    """Re-score a run's checkpoint on its config's evaluation sets (``overrides`` may change them)."""
+    directory = RunDir(run_dir)
+    if not directory.config.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
+    try:
+        experiment = load_config(directory.config, overrides)
+    except ConfigError as exc:
+        raise RunError(
+            f"{directory.config} is not a runnable experiment config (runs made by ct.fit hold in-memory data; "
+            f"evaluate those in Python with crosstask.Evaluator): {exc}"
+        ) from None
+    spec, state = read_model_checkpoint(directory.path, prefer=checkpoint)
+    model = MultiTaskModel.from_spec(spec)
+    model.load_state_dict(state)
+    device = resolve_device(experiment.train.device)
+    model.to(device)
+    eval_domains = build_domains(experiment, "eval")
+    if not eval_domains:
+        raise RunError(
+            f"{directory.config} defines no data.eval sets to evaluate on; add some or pass overrides"
+        )
+    evaluator = Evaluator(
+        eval_domains,
+        model.tasks,
+        batch_size=experiment.data.eval_batch_size,
+        device=device,
+        bf16=experiment.train.bf16,
+        num_workers=experiment.data.num_workers,
+    )
+    return evaluator.evaluate(model)

@@ -1,0 +1,1 @@
+"""Backbones, heads and the models our users build: transfer and multi-task."""

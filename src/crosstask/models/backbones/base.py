@@ -1,0 +1,175 @@
+"""The backbone contract (``forward_features(x)`` + ``num_features``), building by name, loading weights.
+
+A backbone family is one file in this folder::
+
+    @BACKBONES.register("mlp", config=MLPConfig)
+    def build_mlp(config: MLPConfig, input_shape: tuple[int, ...] | None) -> Backbone: ...
+
+``input_shape`` is the shape of one sample (``(1, 28, 28)``, ``(40,)``); backbones that need it raise a
+clear error when it is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from crosstask.errors import ConfigError, DataError, suggest
+from crosstask.registry import BACKBONES, ComponentConfig
+
+log = logging.getLogger(__name__)
+
+
+class BackboneConfig(ComponentConfig):
+    """Keys every backbone accepts."""
+
+    weights: str | None = Field(
+        default=None,
+        description="pretrained weights: a local file, or a torchvision weights name (e.g. DEFAULT)",
+    )
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward_features(x) -> (n, num_features)``."""
+
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)
+
+    def layer_names(self) -> list[str]:
+        """Names of the layers, input to output, that ``freeze_until`` may name."""
+        return [
+            name
+            for name, child in self._container().named_children()
+            if any(True for _ in child.parameters())
+        ]
+
+    def layers_until(self, name: str) -> list[nn.Module]:
+        """The layers from the input up to and including ``name``."""
+        names = self.layer_names()
+        if name not in names:
+            raise ConfigError(
+                f"backbone has no layer '{name}'.{suggest(name, names)} Layers, input to output: {', '.join(names)}"
+            )
+        return [self._container().get_submodule(n) for n in names[: names.index(name) + 1]]
+
+    def _container(self) -> nn.Module:
+        """The module whose children are the layers."""
+        return self
+
+    def load_pretrained(self, weights: str) -> None:
+        """Load weights from a local file (a state dict, possibly nested under 'state_dict' or 'model')."""
+        load_state_file(self, weights)
+
+
+class ModuleBackbone(Backbone):
+    """Wraps a user's ``nn.Module`` that has a ``num_features`` attribute (and maybe ``forward_features``)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        if not isinstance(getattr(module, "num_features", None), int):
+            raise ConfigError(
+                f"a custom backbone ({type(module).__name__}) needs an int attribute num_features, the width of "
+                "the features it returns; set module.num_features = ... before passing it"
+            )
+        self.module = module
+        self.num_features = module.num_features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        fn = getattr(self.module, "forward_features", self.module)
+        return fn(x).flatten(1)
+
+    def layer_names(self) -> list[str]:
+        return [n for n, c in self.module.named_children() if any(True for _ in c.parameters())]
+
+    def _container(self) -> nn.Module:
+        return self.module
+
+
+def build_backbone(
+    config: BackboneConfig | Mapping[str, Any] | str, input_shape: Sequence[int] | None = None
+) -> Backbone:
+    """Build a registered backbone and load its pretrained weights if the config names any."""
+    if not isinstance(config, ComponentConfig):
+        from crosstask.config import component, validate_component
+
+        config = validate_component(component(BACKBONES), config, "backbone")
+    entry = BACKBONES.get(config.name)
+    backbone = entry.obj(config, tuple(input_shape) if input_shape is not None else None)
+    if config.weights:
+        backbone.load_pretrained(config.weights)
+    return backbone
+
+
+def require_shape(input_shape: tuple[int, ...] | None, name: str, rank: int | None = None) -> tuple[int, ...]:
+    """The sample shape a backbone needs; a clear error when it is unknown or of the wrong rank."""
+    if input_shape is None:
+        raise ConfigError(
+            f"backbone '{name}' needs the shape of one input sample; pass input_shape=(...) to the model "
+            "(the CLI and ct.fit infer it from the data)"
+        )
+    if rank is not None and len(input_shape) != rank:
+        raise ConfigError(f"backbone '{name}' expects samples of rank {rank}, got shape {tuple(input_shape)}")
+    return input_shape
+
+
+def read_state_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict saved with ``torch.save`` (possibly nested under 'state_dict' or 'model').
+
+    Key prefixes ``module.`` (DataParallel) and ``backbone.`` are removed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"pretrained weights file not found: {path}. Give the path of a saved state dict (.pt/.pth)."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or damaged files
+        raise DataError(f"{path}: cannot load it as a PyTorch state dict ({exc})") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DataError(f"{path}: holds a {type(state).__name__} that is not a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+
+
+def load_state_file(module: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state-dict file into ``module``; every tensor of ``module`` must be found with its shape.
+
+    Tensors the module lacks (a pretrained classifier, say) are ignored.
+    """
+    state = read_state_file(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise DataError(
+            f"{path}: the weights do not fit this backbone; {len(missing)} of its {len(own)} tensors are absent "
+            f"(e.g. {', '.join(missing[:3])}). Check that the file was saved from the same architecture."
+        )
+    wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise DataError(
+            f"{path}: tensor '{k}' has shape {tuple(state[k].shape)} but the backbone expects {tuple(own[k].shape)}"
+        )
+    extra = len(state) - len(own)
+    if extra:
+        log.info(
+            "%s: ignored %d tensors that are not part of the backbone (e.g. a classifier)",
+            Path(path).name,
+            extra,
+        )
+    module.load_state_dict({k: state[k] for k in own})

@@ -1,0 +1,57 @@
+"""A multi-layer perceptron over flattened inputs (tabular data, features, small images)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from crosstask.models.backbones.base import Backbone, BackboneConfig, require_shape
+from crosstask.registry import BACKBONES
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class MLPConfig(BackboneConfig):
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="widths of the hidden layers")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    batch_norm: bool = False
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class MLP(Backbone):
+    """Flatten, then Linear -> (BatchNorm) -> activation -> (Dropout) per hidden layer."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        activation: str = "relu",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        width = in_features
+        for i, out in enumerate(hidden):
+            block = [nn.Linear(width, out)]
+            block += [nn.BatchNorm1d(out)] if batch_norm else []
+            block += [ACTIVATIONS[activation]()]
+            block += [nn.Dropout(dropout)] if dropout else []
+            self.add_module(f"layer{i + 1}", nn.Sequential(*block))
+            width = out
+        self.num_features = width
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.children():
+            x = layer(x)
+        return x
+
+
+@BACKBONES.register("mlp", config=MLPConfig)
+def build_mlp(config: MLPConfig, input_shape: tuple[int, ...] | None) -> MLP:
+    """Multi-layer perceptron over flattened inputs; layers layer1, layer2, ..."""
+    shape = require_shape(input_shape, "mlp")
+    return MLP(math.prod(shape), config.hidden, config.activation, config.batch_norm, config.dropout)

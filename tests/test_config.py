@@ -1,0 +1,137 @@
+"""Experiment configs: validation, component configs, overrides, and the errors a user sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crosstask.config import apply_overrides, load_config, read_yaml, validate_config
+from crosstask.errors import ConfigError
+from tests.conftest import run_cli, tiny_config
+
+
+def write(tmp_path: Path, config: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def error_of(tmp_path: Path, config: dict, overrides: list[str] = ()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, config), overrides)
+    return str(info.value)
+
+
+def test_valid_config_resolves_components_with_their_own_models(tmp_path: Path) -> None:
+    experiment = load_config(write(tmp_path, tiny_config(tmp_path)))
+    assert type(experiment.model.backbone).__name__ == "MLPConfig"
+    assert experiment.model.backbone.hidden == [32]
+    assert experiment.data.train["source"].dataset.dim == 8
+    assert experiment.weighting.name == "static" and experiment.optim.momentum == 0.9  # defaults filled in
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    experiment = load_config(write(tmp_path, tiny_config(tmp_path)))
+    again = validate_config(yaml.safe_load(experiment.to_yaml()))
+    assert again.model_dump() == experiment.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (["train.steps=abc"], ["train.steps = 'abc'", "valid integer"]),
+        (["train.steps=0"], ["train.steps = 0", "greater than or equal to 1"]),
+        (["optim.lr=-1"], ["optim.lr = -1", "greater than 0"]),
+        (["train.stpes=5"], ["train.stpes", "unknown key 'stpes'", "Did you mean 'steps'?", "Allowed keys:"]),
+        (
+            ["model.backbone.name=resnet19"],
+            ["model.backbone", "unknown backbone 'resnet19'", "resnet18", "Choices:"],
+        ),
+        (["model.backbone.depth=3"], ["model.backbone.depth", "unknown key 'depth'", "hidden"]),
+        (["weighting=pcgradd"], ["weighting", "unknown weighting 'pcgradd'"]),
+        (["data.train.source.dataset.n=-5"], ["data.train.source.dataset.n = -5"]),
+        (["tasks.0.kind=ranking"], ["tasks[0].kind", "'classification', 'multilabel' or 'regression'"]),
+        (["train.early_stopping.metric=nope/t0/accuracy"], ["nope/t0/accuracy", "source_test/t0/accuracy"]),
+        (["data.train.source.tasks=[t9]"], ["unknown task", "t9"]),
+    ],
+)
+def test_invalid_values_name_file_key_value_and_what_is_allowed(
+    tmp_path: Path, change: list[str], expected: list[str]
+) -> None:
+    message = error_of(tmp_path, tiny_config(tmp_path), change)
+    assert "exp.yaml" in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
+    message = error_of(
+        tmp_path, tiny_config(tmp_path), ["train.steps=x", "optim.lr=0", "foo=1", "train.bogus=2"]
+    )
+    assert message.count("\n  - ") == 4
+
+
+def test_missing_required_section(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    del config["model"]
+    assert "model: required key is missing" in error_of(tmp_path, config)
+
+
+def test_missing_file_and_malformed_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        read_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  - name: a\n   kind: x\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML at .*bad.yaml:3:"):
+        read_yaml(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: a\nname: b\n")
+    with pytest.raises(ConfigError, match="key 'name' appears twice"):
+        read_yaml(twice)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        read_yaml(listing)
+
+
+def test_overrides_parse_yaml_values_and_address_lists() -> None:
+    data = {"train": {"steps": 1}, "tasks": [{"name": "a"}], "model": {"backbone": "mlp"}}
+    out = apply_overrides(
+        data,
+        [
+            "train.steps=200",
+            "train.bf16=true",
+            "tasks.0.num_classes=5",
+            "model.backbone.hidden=[8, 8]",
+            "data.root=/x",
+        ],
+    )
+    assert out["train"] == {"steps": 200, "bf16": True}
+    assert out["tasks"][0]["num_classes"] == 5
+    assert out["model"]["backbone"] == {"name": "mlp", "hidden": [8, 8]}
+    assert out["data"] == {"root": "/x"}
+    assert data["train"]["steps"] == 1  # the input is not modified
+    with pytest.raises(ConfigError, match="malformed override"):
+        apply_overrides(data, ["train.steps"])
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(data, ["tasks.3.name=b"])
+    with pytest.raises(ConfigError, match="is a value, not a mapping"):
+        apply_overrides(data, ["train.steps.x=1"])
+
+
+def test_cli_validate_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, tiny_config(tmp_path))
+    ok = run_cli("validate", str(path))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    bad = run_cli("validate", str(path), "train.steps=abc", "model.backbone=mpl")
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert "train.steps = 'abc'" in bad.stderr and "Did you mean 'mlp'?" in bad.stderr
+    missing = run_cli("run", str(tmp_path / "absent.yaml"))
+    assert (
+        missing.returncode == 2
+        and "config file not found" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
