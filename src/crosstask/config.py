@@ -344,18 +344,28 @@ def validate_config(data: Mapping[str, Any] | Experiment, source: str = "<config
     return experiment
 
 
-def validate_component(kind: Any, value: Any, where: str = "<argument>") -> ComponentConfig:
+def validate_component(kind: Any, value: Any, where: str = "argument") -> ComponentConfig:
     """Validate one component (e.g. ``DatasetComponent``) given by name or mapping, outside an experiment."""
+    return validate_python(TypeAdapter(kind), value, where)
+
+
+def validate_python(model: Any, value: Any, where: str) -> Any:
+    """Validate a Python argument ``where`` with a pydantic model or TypeAdapter; errors name ``where.key``."""
+    validate = model.validate_python if isinstance(model, TypeAdapter) else model.model_validate
     try:
-        return TypeAdapter(kind).validate_python(value)
+        return validate(value)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where)) from None
+        raise ConfigError(
+            format_validation_error(exc, "arguments", prefix=(where,), fix="Fix the argument(s) above.")
+        ) from None
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(
+    exc: ValidationError, source: str, prefix: Sequence[str] = (), fix: str | None = None
+) -> str:
     lines = [f"invalid config ({source}):"]
     for err in exc.errors(include_url=False):
-        loc = _dotted(err["loc"])
+        loc = _dotted((*prefix, *err["loc"]))
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"  - {loc}: required key is missing")
@@ -367,7 +377,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             else f" = {given!r}"
         )
         lines.append(f"  - {loc or '(top level)'}{shown}: {message}")
-    lines.append(f"Fix the key(s) above in {source}, or override them on the command line as key.path=value.")
+    lines.append(
+        fix or f"Fix the key(s) above in {source}, or override them on the command line as key.path=value."
+    )
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from crosstask.config import (
     load_config,
     validate_component,
     validate_config,
+    validate_python,
 )
 from crosstask.data.datasets.base import load_dataset
 from crosstask.data.domains import Domain
@@ -341,7 +342,7 @@ def fit(
     eval_domains = {k: _as_domain(k, v, True) for k, v in (eval or {}).items()}
     for key, domain in eval_domains.items():
         domain.name = key
-    train_config = _validate(
+    train_config = validate_python(
         TrainConfig, {"steps": steps, "batch_size": batch_size, **train_options}, "train"
     )
     components = {
@@ -381,17 +382,6 @@ def fit(
         progress=progress,
         **components,
     )
-
-
-def _validate(model_cls: type, value: Mapping[str, Any], where: str) -> Any:
-    from pydantic import ValidationError
-
-    from crosstask.config import format_validation_error
-
-    try:
-        return model_cls.model_validate(dict(value))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where)) from None
 
 
 # ----------------------------------------------------------------------------- evaluating a finished run

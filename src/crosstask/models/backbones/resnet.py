@@ -72,11 +72,11 @@ class ResNet(Backbone):
         ):
             state = read_state_file(weights)
         else:
-            enum_name = f"{type(torchvision.models.get_model_weights(self.arch)).__name__}"
+            options = torchvision.models.get_model_weights(self.arch)
             try:
-                spec = torchvision.models.get_weight(f"{enum_name}.{weights}")
-            except (ValueError, KeyError, AttributeError):
-                choices = [w.name for w in torchvision.models.get_model_weights(self.arch)] + ["DEFAULT"]
+                spec = options[weights]
+            except KeyError:
+                choices = [*options.__members__]
                 raise DataError(
                     f"{self.arch}: '{weights}' is neither an existing file nor a torchvision weights name "
                     f"({', '.join(choices)})"

@@ -1,0 +1,206 @@
+"""The Trainer: named losses through the weighting, accumulation, bf16, checkpoints, resume, divergence,
+early stopping, parameter groups and schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import crosstask as ct
+from crosstask.engine.optim import build_optimizer
+from crosstask.engine.schedulers import build_scheduler
+from crosstask.errors import ConfigError, RunError, TrainingDiverged
+from crosstask.registry import SCHEDULERS, WEIGHTINGS
+from crosstask.weighting.base import BalanceContext
+from tests.conftest import tiny_config
+
+
+def test_static_weighting_is_the_gradient_of_the_weighted_sum() -> None:
+    w = torch.randn(3, requires_grad=True)
+    losses = {"a": (w**2).sum(), "b": w.sum() * 3, "c": w.prod()}
+    config = WEIGHTINGS.get("static").config(name="static", weights={"a": 0.5, "c": 2.0})
+    weighting = WEIGHTINGS.get("static").obj(config, list(losses))
+    applied = weighting.backward(losses, BalanceContext(0, [w]))
+    assert applied == {"a": 0.5, "b": 1.0, "c": 2.0}
+    expected = torch.autograd.grad(0.5 * (w**2).sum() + 1.0 * w.sum() * 3 + 2.0 * w.prod(), w)[0]
+    assert torch.allclose(w.grad, expected)
+    with pytest.raises(ConfigError, match="no loss 'd'.*Its losses: a, b, c"):
+        WEIGHTINGS.get("static").obj(config.model_copy(update={"weights": {"d": 1.0}}), list(losses))
+
+
+def test_multitask_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
+    result = ct.run(tiny_config(tmp_path, **{"train.steps": 150, "train.eval_every": 50}))
+    run_dir = result.run_dir
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints",
+    }
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["phase"] == "train"]
+    assert train[-1]["loss/t0"] < train[0]["loss/t0"] and train[-1]["loss/t1"] < train[0]["loss/t1"]
+    assert train[0]["weight/t0"] == 1.0
+    assert result.metrics["source_test/t0/accuracy"] > 70  # chance is 50
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 150
+    assert ct.load_config(run_dir / "config.yaml").name == "tiny"
+
+
+def test_transfer_weights_are_applied_per_named_loss(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        method={"name": "erm"},
+        weighting={"name": "static", "weights": {"source": 1.0, "target": 0.25}},
+    )
+    config["data"]["train"]["target"] = {"dataset": {"name": "synthetic", "n": 64, "domain": 1, "dim": 8}}
+    result = ct.run(config)
+    first = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["weight/source"] == 1.0 and first["weight/target"] == 0.25
+
+
+def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
+    base = tiny_config(tmp_path, **{"train.steps": 80, "train.eval_every": 20, "train.deterministic": True})
+    full = ct.run({**base, "name": "full"})
+    ct.run({**base, "name": "part", "train": {**base["train"], "steps": 40}})
+    resumed = ct.run({**base, "name": "part"}, resume=True)
+    assert resumed.summary["final"] == full.summary["final"]
+    assert resumed.run_dir == tmp_path / "runs" / "part"
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((full.run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
+    base = tiny_config(tmp_path, **{"train.steps": 20})
+    ct.run(base)
+    with pytest.raises(RunError, match=r"optim\.lr: 0\.05 -> 0\.1"):
+        ct.run(base, ["optim.lr=0.1"], resume=True)
+
+
+def test_new_run_never_overwrites_an_old_one(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, **{"train.steps": 5})
+    first, second = ct.run(config), ct.run(config)
+    assert first.run_dir.name == "tiny" and second.run_dir.name == "tiny-1"
+
+
+def test_nan_loss_stops_with_step_and_loss_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        tasks=[{"name": "t0", "kind": "regression"}],
+        **{
+            "data.train.source.dataset.task_kind": "regression",
+            "optim.lr": 5.0,
+            "train.steps": 500,
+            "train.checkpoint_every": 1,
+        },
+    )
+    config["data"]["eval"] = {}
+    with pytest.raises(TrainingDiverged) as info:
+        ct.run(config)
+    message = str(info.value)
+    assert "training diverged at step" in message and "t0=" in message and "last good checkpoint" in message
+    run_dir = tmp_path / "runs" / "tiny"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] < int(message.split("step ")[1].split(":")[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        **{
+            "optim.lr": 1e-9,
+            "train.steps": 200,
+            "train.eval_every": 10,
+            "train.early_stopping": {"metric": "source_test/t0/accuracy", "patience": 2},
+        },
+    )
+    result = ct.run(config)
+    assert result.summary["status"] == "stopped_early"
+    assert result.summary["step"] == 30  # the first evaluation is best; two more without gain
+    assert result.summary["best"]["step"] == 10
+    best = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 10 and "model_spec" in best
+
+
+def test_gradient_accumulation_matches_a_large_batch(tmp_path: Path) -> None:
+    common = {
+        "model.backbone": {"name": "mlp", "hidden": [16]},
+        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0},
+        "train.steps": 10,
+        "train.deterministic": True,
+    }
+    big = ct.run(tiny_config(tmp_path, name="big", **common, **{"train.batch_size": 32}))
+    small = ct.run(
+        tiny_config(tmp_path, name="small", **common, **{"train.batch_size": 16, "train.accumulate": 2})
+    )
+    for a, b in zip(big.model.parameters(), small.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path: Path) -> None:
+    result = ct.run(tiny_config(tmp_path, **{"train.bf16": True, "train.steps": 40}))
+    assert result.summary["status"] == "completed"
+    assert all(math.isfinite(v) for v in result.metrics.values())
+
+
+def test_parameter_groups_and_frozen_layers() -> None:
+    model = ct.TransferModel("mlp", [ct.Task("a", num_classes=2)], input_shape=(4,), bottleneck=8)
+    sgd = ct.Experiment.model_fields["optim"]  # noqa: F841 - the field exists
+    from crosstask.engine.optim import SGDConfig
+
+    optimizer = build_optimizer(SGDConfig(name="sgd", lr=0.1, backbone_lr_mult=0.1), model)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"backbone": pytest.approx(0.01), "new": 0.1}
+    model.freeze_backbone()
+    optimizer = build_optimizer(SGDConfig(name="sgd"), model)
+    assert [g["name"] for g in optimizer.param_groups] == ["new"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        build_optimizer(SGDConfig(name="sgd"), model)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+def test_schedules_start_at_the_base_rate_and_stay_positive(name: str) -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    config = SCHEDULERS.get(name).config(name=name)
+    schedule = build_scheduler(config, optimizer, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 1.0 and all(r >= 0 for r in rates)
+
+
+def test_schedule_formulas() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.01)
+    config = SCHEDULERS.get("inverse_decay").config(
+        name="inverse_decay", gamma=0.001, power=0.75, warmup_steps=0
+    )
+    schedule = build_scheduler(config, optimizer, 1000)
+    for _ in range(500):
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 + 0.001 * 500) ** -0.75)
+    cosine = SCHEDULERS.get("cosine").config(name="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    schedule = build_scheduler(cosine, optimizer, 110)
+    rates = []
+    for _ in range(110):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[-1] == pytest.approx(0.1, abs=1e-3)
