@@ -42,7 +42,7 @@ def test_transfer_model_fit_on_plain_datasets(tmp_path: Path) -> None:
     result = ct.fit(
         model,
         source=blobs(400),
-        target=blobs(400, shift=0.5, seed=1),
+        target=blobs(400, shift=0.5, seed=1),  # unlabeled: erm does not draw from it
         eval={"target_test": blobs(200, shift=0.5, seed=2)},
         steps=150,
         batch_size=32,
@@ -52,8 +52,13 @@ def test_transfer_model_fit_on_plain_datasets(tmp_path: Path) -> None:
     )
     assert result.metrics["target_test/label/accuracy"] > 80
     assert (result.run_dir / "checkpoints" / "last.pt").exists()
-    # fine-tune the trained body on new target labels with a new head: linear probe
-    tuned = ct.TransferModel.from_run(result.run_dir, tasks=[ct.Task("label", num_classes=2)])
+    # the trained body with a new head for a new task, trained as a linear probe
+    tuned = ct.TransferModel.from_run(result.run_dir, tasks=[ct.Task("shifted", num_classes=2)])
+    trained = ct.MultiTaskModel.from_checkpoint(result.run_dir)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.backbone_parameters(), tuned.backbone_parameters(), strict=True)
+    )
     before = [p.clone() for p in tuned.backbone_parameters()]
     again = ct.fit(
         tuned,
@@ -65,7 +70,7 @@ def test_transfer_model_fit_on_plain_datasets(tmp_path: Path) -> None:
         name="probe",
     )
     assert all(torch.equal(a, b) for a, b in zip(before, tuned.backbone_parameters(), strict=True))
-    assert again.metrics["test/label/accuracy"] > 80
+    assert again.metrics["test/shifted/accuracy"] > 80
 
 
 def test_multitask_model_single_input(tmp_path: Path) -> None:

@@ -23,17 +23,20 @@ def write(tmp_path: Path, config: dict, name: str = "exp.yaml") -> Path:
 
 
 def long_config(tmp_path: Path, name: str) -> dict:
-    """Long enough to be killed mid-run: dropout exercises the RNG state, evaluations the early-stop state."""
+    """Long enough to be killed mid-run. Dropout exercises the RNG state; the first checkpoint (step 150)
+    comes after the first evaluation (step 100), so the best-checkpoint and early-stopping state are saved
+    and restored too."""
     return tiny_config(
         tmp_path,
         name=name,
         **{
-            "train.steps": 3000,
-            "train.eval_every": 500,
-            "train.checkpoint_every": 50,
-            "train.log_every": 100,
+            "train.steps": 4000,
+            "train.eval_every": 100,
+            "train.checkpoint_every": 150,
+            "train.log_every": 50,
             "train.deterministic": True,
             "train.select": "source_test/t0/accuracy",
+            "train.early_stopping": {"metric": "target_test/t1/accuracy", "patience": 1000},
         },
     )
 
@@ -101,7 +104,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(tmp_path: Pat
     interrupted_at = torch.load(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt", weights_only=True)[
         "step"
     ]
-    assert interrupted_at < 3000
+    assert 150 <= interrupted_at < 4000
 
     resumed = run_cli("run", str(killed_cfg), "--resume", "-q", env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr
@@ -115,7 +118,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(tmp_path: Pat
 
     a = json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())
     b = json.loads((tmp_path / "runs" / "straight" / "summary.json").read_text())
-    assert a["final"] == b["final"] and a["best"] == b["best"] and a["step"] == b["step"] == 3000
+    assert a["final"] == b["final"] and a["best"] == b["best"] and a["step"] == b["step"] == 4000
     last_a = torch.load(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt", weights_only=True)["model"]
     last_b = torch.load(tmp_path / "runs" / "straight" / "checkpoints" / "last.pt", weights_only=True)[
         "model"
@@ -133,15 +136,15 @@ def test_sigterm_finishes_the_step_and_checkpoints(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "runs" / "stopped" / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     state = torch.load(tmp_path / "runs" / "stopped" / "checkpoints" / "last.pt", weights_only=True)
-    assert state["step"] == summary["step"] < 3000
+    assert state["step"] == summary["step"] < 4000
 
 
 def test_demo_prints_the_results_table(tmp_path: Path) -> None:
     started = time.perf_counter()
     done = run_cli("demo", "--output-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert time.perf_counter() - started < 120
-    for fragment in ("Transfer", "source only", "fine-tuned", "Multi-task", "parity", "run directories"):
+    assert time.perf_counter() - started < 60  # the issue: under a minute on 2 cores
+    for fragment in ("transfer", "source only", "fine-tuned", "multi-task", "parity", "run directories"):
         assert fragment in done.stdout
     runs = next(tmp_path.iterdir())
     assert {p.name for p in runs.iterdir()} >= {

@@ -135,3 +135,17 @@ def test_cli_validate_exits_2_without_traceback(tmp_path: Path) -> None:
         and "config file not found" in missing.stderr
         and "Traceback" not in missing.stderr
     )
+
+
+def test_yaml_anchors_and_merge_keys_are_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nchild: {<<: *b, y: 3}\n")
+    assert read_yaml(path)["child"] == {"x": 1, "y": 3}
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_configs_validate(path: Path) -> None:
+    experiment = load_config(path)
+    assert experiment.name == path.stem

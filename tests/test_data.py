@@ -35,7 +35,11 @@ def test_splits_are_deterministic_disjoint_and_cover_the_pool() -> None:
     parts = {s: load_dataset({**spec, "split": s}) for s in ("train", "val", "test")}
     assert sum(len(p) for p in parts.values()) == 1797
     keys = {s: {tuple(x.flatten().tolist()) for x in p.x} for s, p in parts.items()}
-    assert not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert (
+        not keys["train"] & keys["test"]
+        and not keys["val"] & keys["test"]
+        and not keys["train"] & keys["val"]
+    )
     again = load_dataset({**spec, "split": "test"})
     assert torch.equal(again.x, parts["test"].x)
     other = load_dataset({**spec, "split": "test", "split_seed": 4})

@@ -146,15 +146,20 @@ def test_gradient_accumulation_matches_a_large_batch(tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_bf16_autocast_trains(tmp_path: Path) -> None:
-    result = ct.run(tiny_config(tmp_path, **{"train.bf16": True, "train.steps": 40}))
+def test_bf16_autocast_runs_the_forward_pass_in_bf16(tmp_path: Path) -> None:
+    task = ct.Task("label", num_classes=2)
+    model = ct.TransferModel("mlp", [task], input_shape=(5,))
+    seen: list[torch.dtype] = []
+    model.backbones()[0].layer1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    data = torch.utils.data.TensorDataset(torch.randn(64, 5), torch.randint(0, 2, (64,)))
+    result = ct.fit(model, data=data, eval={"test": data}, steps=20, bf16=True, output_dir=tmp_path)
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
     assert result.summary["status"] == "completed"
     assert all(math.isfinite(v) for v in result.metrics.values())
 
 
 def test_parameter_groups_and_frozen_layers() -> None:
     model = ct.TransferModel("mlp", [ct.Task("a", num_classes=2)], input_shape=(4,), bottleneck=8)
-    sgd = ct.Experiment.model_fields["optim"]  # noqa: F841 - the field exists
     from crosstask.engine.optim import SGDConfig
 
     optimizer = build_optimizer(SGDConfig(name="sgd", lr=0.1, backbone_lr_mult=0.1), model)
@@ -204,3 +209,122 @@ def test_schedule_formulas() -> None:
         schedule.step()
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_select_and_early_stopping_follow_their_own_metrics(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        **{
+            "train.steps": 120,
+            "train.eval_every": 20,
+            "train.select": "target_test/t1/accuracy",
+            "train.early_stopping": {"metric": "source_test/t0/accuracy", "patience": 50},
+        },
+    )
+    result = ct.run(config)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["phase"] == "eval"]
+    best = max(evals, key=lambda r: (r["target_test/t1/accuracy"], -r["step"]))
+    assert result.summary["best"]["metric"] == "target_test/t1/accuracy"
+    assert result.summary["best"]["step"] == best["step"]
+
+
+def test_early_stopping_needs_evaluations(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, **{"train.early_stopping": {"metric": "source_test/t0/accuracy"}})
+    del config["train"]["eval_every"]
+    with pytest.raises(ConfigError, match="early_stopping needs train.eval_every"):
+        ct.run(config)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
+    first = ct.run(tiny_config(tmp_path, **{"train.steps": 20}))
+    before = (first.run_dir / "metrics.jsonl").read_text()
+    again = ct.run(tiny_config(tmp_path, **{"train.steps": 20}), resume=True)
+    assert again.summary == first.summary
+    assert (first.run_dir / "metrics.jsonl").read_text() == before
+    longer = ct.run(tiny_config(tmp_path, **{"train.steps": 40}), resume=True)
+    assert longer.summary["step"] == 40 and longer.run_dir == first.run_dir
+
+
+def test_resume_continues_the_latest_run_of_a_name(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, **{"train.steps": 10})
+    ct.run(config)
+    second = ct.run(config)
+    assert second.run_dir.name == "tiny-1"
+    resumed = ct.run(tiny_config(tmp_path, **{"train.steps": 20}), resume=True)
+    assert resumed.run_dir.name == "tiny-1" and resumed.summary["step"] == 20
+
+
+def test_an_explicit_run_dir_is_never_overwritten(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, **{"train.steps": 10})
+    ct.run(config, run_dir=tmp_path / "mine")
+    with pytest.raises(RunError, match="already holds a run; pass --resume"):
+        ct.run(config, run_dir=tmp_path / "mine")
+
+
+def test_fit_resumes(tmp_path: Path) -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(128, 5), torch.randint(0, 2, (128,)))
+
+    def fit(steps: int, name: str, resume: bool = False) -> ct.RunResult:
+        torch.manual_seed(0)
+        model = ct.TransferModel("mlp", [ct.Task("label", num_classes=2)], input_shape=(5,))
+        return ct.fit(
+            model,
+            data=data,
+            eval={"test": data},
+            steps=steps,
+            name=name,
+            output_dir=tmp_path,
+            resume=resume,
+            deterministic=True,
+        )
+
+    full = fit(40, "full")
+    fit(20, "part")
+    resumed = fit(40, "part", resume=True)
+    assert resumed.summary["final"] == full.summary["final"]
+
+
+def test_resume_is_exact_for_datasets_served_by_a_dataloader(tmp_path: Path) -> None:
+    """image_folder is read through a DataLoader: creating its iterator must not disturb the RNG."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            value = 40 * i if label == "a" else 255 - 10 * i
+            Image.new("L", (8, 8), color=value).save(tmp_path / "images" / label / f"{i}.png")
+    dataset = {"name": "image_folder", "path": str(tmp_path / "images"), "size": 8, "grayscale": True}
+    config = tiny_config(
+        tmp_path,
+        tasks=[{"name": "label", "num_classes": 2}],
+        **{
+            "data.train": {"source": {"dataset": {**dataset, "split": "train"}}},
+            "data.eval": {"test": {"dataset": {**dataset, "split": "test"}}},
+            "method": "erm",
+            "train.steps": 30,
+            "train.eval_every": 10,
+            "train.batch_size": 4,
+            "train.deterministic": True,
+        },
+    )
+    full = ct.run({**config, "name": "full"})
+    ct.run({**config, "name": "part", "train": {**config["train"], "steps": 15}})
+    resumed = ct.run({**config, "name": "part"}, resume=True)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_labels_outside_num_classes_are_a_data_error(tmp_path: Path) -> None:
+    from crosstask.errors import DataError
+
+    config = tiny_config(tmp_path, **{"data.train.source.dataset.num_classes": 3})
+    with pytest.raises(DataError, match="task 't0' has num_classes 2 but its labels range over 0..2"):
+        ct.run(config)
+
+
+def test_float64_inputs_are_accepted(tmp_path: Path) -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 2, (64,)))
+    model = ct.TransferModel("mlp", [ct.Task("label", num_classes=2)], input_shape=(5,))
+    result = ct.fit(model, data=data, eval={"test": data}, steps=5, output_dir=tmp_path)
+    assert result.summary["status"] == "completed"

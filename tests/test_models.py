@@ -39,7 +39,7 @@ def test_heads_follow_their_tasks() -> None:
         ct.Task("r", "regression"),
         ct.Task("r3", "regression", outputs=3),
     ]
-    model = ct.MultiTaskModel("mlp", tasks, input_shape=(5,), head={"hidden": [16]})
+    model = ct.MultiTaskModel("mlp", tasks, input_shape=(5,), head={"name": "mlp", "hidden": [16]})
     out = model(torch.randn(6, 5))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"c": (6, 7), "m": (6, 4), "r": (6,), "r3": (6, 3)}
 

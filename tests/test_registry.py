@@ -10,6 +10,7 @@ from crosstask.registry import ComponentConfig, Registry
 FAMILIES = [
     "dataset",
     "backbone",
+    "head",
     "architecture",
     "method",
     "weighting",
@@ -20,8 +21,14 @@ FAMILIES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _forget_test_families():
+    yield
+    for name in [n for n in Registry.families if n.startswith("_test")]:
+        del Registry.families[name]
+
+
 def make_registry(name: str) -> Registry:
-    Registry.families.pop(name, None)
     return Registry(name, "test family")
 
 
@@ -63,6 +70,10 @@ def test_unknown_name_lists_choices_and_suggests() -> None:
 def test_duplicate_family_is_an_error() -> None:
     with pytest.raises(ValueError, match="already exists"):
         Registry("dataset", "again")
+
+
+def test_the_families_are_the_documented_ones() -> None:
+    assert sorted(Registry.families) == sorted(FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

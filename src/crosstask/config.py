@@ -32,7 +32,9 @@ from crosstask.registry import (
     ARCHITECTURES,
     BACKBONES,
     DATASETS,
+    HEADS,
     METHODS,
+    NAME_PATTERN,
     OPTIMIZERS,
     SCHEDULERS,
     WEIGHTINGS,
@@ -83,6 +85,15 @@ class DomainConfig(StrictModel):
     batch_size: int | None = Field(default=None, ge=1, description="overrides train.batch_size")
 
 
+def check_name(name: str, what: str) -> str:
+    """A name used in metric keys and file names: letters, digits, '_', '.', '-'."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, str(name)):
+        raise ValueError(f"{what} name '{name}' may only hold letters, digits, '_', '.' and '-'")
+    return name
+
+
 class DataConfig(StrictModel):
     """Training streams (name -> domain) and evaluation sets (name -> domain)."""
 
@@ -94,6 +105,13 @@ class DataConfig(StrictModel):
     num_workers: int = Field(default=0, ge=0)
     eval_batch_size: int = Field(default=512, ge=1)
 
+    @field_validator("train", "eval")
+    @classmethod
+    def _domain_names(cls, value: dict[str, DomainConfig]) -> dict[str, DomainConfig]:
+        for name in value:
+            check_name(name, "domain")
+        return value
+
 
 class BottleneckConfig(StrictModel):
     """A shared layer after the backbone: Linear -> (BatchNorm) -> ReLU -> (Dropout)."""
@@ -103,25 +121,11 @@ class BottleneckConfig(StrictModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-class HeadConfig(StrictModel):
-    """Per-task heads: optional hidden layers, then a linear layer sized by the task."""
-
-    hidden: list[int] = Field(default_factory=list)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(h < 1 for h in value):
-            raise ValueError("hidden layer widths must be >= 1")
-        return value
-
-
 class ModelConfig(StrictModel):
     backbone: component(BACKBONES)
     architecture: component(ARCHITECTURES) = Field(default="hard_sharing", validate_default=True)
     bottleneck: BottleneckConfig | None = None
-    head: HeadConfig = Field(default_factory=HeadConfig)
+    head: component(HEADS) = Field(default="linear", validate_default=True, description="per-task head")
     init_from: Path | None = Field(
         default=None, description="a run directory or checkpoint whose matching weights start this model"
     )
@@ -158,6 +162,14 @@ class TrainConfig(StrictModel):
             raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got '{value}'")
         return value
 
+    @model_validator(mode="after")
+    def _stopping_needs_evaluations(self) -> TrainConfig:
+        if self.early_stopping is not None and self.eval_every is None:
+            raise ValueError(
+                "early_stopping needs train.eval_every: it counts evaluations without improvement"
+            )
+        return self
+
     @property
     def select_metric(self) -> str | None:
         return self.select or (self.early_stopping.metric if self.early_stopping else None)
@@ -166,7 +178,7 @@ class TrainConfig(StrictModel):
 class Experiment(StrictModel):
     """One experiment: tasks, data, model, method, loss weighting, optimizer, schedule and training loop."""
 
-    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(default="experiment", pattern=NAME_PATTERN)
     seed: int = 0
     output_dir: Path = Path("runs")
     tasks: list[Task] = Field(min_length=1)
@@ -236,6 +248,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: set = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *anchor' merges are allowed to be overridden by the node's own keys
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -304,8 +318,8 @@ def _child(node: Any, part: str, path: Sequence[str], override: str) -> Any:
         raise ConfigError(f"override '{override}': {'.'.join(path[:-1])} is a value, not a mapping")
     if node.get(part) is None:
         node[part] = {}
-    elif isinstance(node[part], str) and len(path) >= 1:
-        node[part] = {"name": node[part]}  # a component given by name gains parameters
+    elif isinstance(node[part], str):
+        node[part] = {"name": node[part]}  # a component given by name (backbone: mlp) gains parameters
     return node[part]
 
 

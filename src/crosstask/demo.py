@@ -1,13 +1,15 @@
 """``crosstask demo``: transfer and multi-task learning on scikit-learn's embedded 8x8 digits.
 
-Transfer: the source domain is the digits as they are; the target domain is the digits rotated by 20
-degrees with pixel noise (its test images never appear in any training split). With 5 target labels per
-class we compare source-only training, training on the target labels alone, joint training
+Transfer: the source domain is the digits as they are; the target domain is other digits rotated by 20
+degrees with pixel noise. The 1797 images are split once (``split_seed`` 0) into disjoint parts: source
+training images (``train``), the pool the few target labels are drawn from (``val``), and test images
+(``test``, shown unshifted as the source test set and shifted as the target test set). With 5 target
+labels per class we compare source-only training, training on the target labels alone, joint training
 ``λ_s·L_source + λ_t·L_target`` (the static weighting), and fine-tuning the source model.
 
 Multi-task: one network for digit, parity and >= 5 against one network per task, same budget.
 
-Every run is an ordinary crosstask run; its config.yaml in the run directory is the YAML equivalent.
+Every run is an ordinary crosstask run; the config.yaml in its run directory is the YAML equivalent.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from crosstask.experiment import RunResult, run
 
 TARGET_SHIFT = {"rotate": 20.0, "noise": 0.1}
 LABELS_PER_CLASS = 5
+TRANSFER_SPLIT = {"val_fraction": 0.4, "test_fraction": 0.2}  # train 40 % / val 40 % / test 20 %
 DIGIT = {"name": "digit", "kind": "classification", "num_classes": 10}
 TASKS = [
     DIGIT,
@@ -57,25 +60,26 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
     """Run the demo's experiments and print one results table; returns the runs by name."""
     started = time.perf_counter()
     output_dir = Path(output_dir) / time.strftime("demo-%Y%m%d-%H%M%S")
-    source_test, target_test = _digits("test"), _digits("test", **TARGET_SHIFT)
+    source = _digits("train", **TRANSFER_SPLIT)
     few_target = _digits(
-        "train", **TARGET_SHIFT, per_class=LABELS_PER_CLASS, per_class_label="digit", split_seed=1
+        "val", **TRANSFER_SPLIT, **TARGET_SHIFT, per_class=LABELS_PER_CLASS, per_class_label="digit"
     )
     few_target["batch_size"] = 32
+    source_test = _digits("test", **TRANSFER_SPLIT)
+    target_test = _digits("test", **TRANSFER_SPLIT, **TARGET_SHIFT)
     runs: dict[str, RunResult] = {}
 
-    def go(config: dict) -> RunResult:
+    def go(config: dict) -> None:
         with console.status(f"training {config['name']} ..."):
-            runs[config["name"]] = result = run(config)
-        return result
+            runs[config["name"]] = run(config)
 
-    # transfer: source-only, target-only and fine-tuning on a few target labels
+    # transfer: with 5 target labels per class
     go(
         _experiment(
             "source_only",
             output_dir,
             [DIGIT],
-            {"source": _digits("train")},
+            {"source": source},
             {"source_test": source_test, "target_test": target_test},
         )
     )
@@ -94,7 +98,7 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
             "joint",
             output_dir,
             [DIGIT],
-            {"source": _digits("train"), "target": few_target},
+            {"source": source, "target": few_target},
             {"target_test": target_test},
             weighting={"name": "static", "weights": {"source": 1.0, "target": 1.0}},
         )
@@ -133,39 +137,50 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
             )
         )
 
-    for table in _results_tables(runs):
-        console.print(table)
+    console.print(results_table(runs))
     console.print(f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)")
     return runs
 
 
-def _results_tables(runs: dict[str, RunResult]) -> list[Table]:
+def results_table(runs: dict[str, RunResult]) -> Table:
+    """One table: the transfer comparison (digit accuracy) and the multi-task comparison (three tasks)."""
+
     def acc(run_name: str, key: str) -> str:
         value = runs[run_name].metrics.get(key)
-        return "-" if value is None else f"{value:.1f}"
+        return "" if value is None else f"{value:.1f}"
 
     shift = ", ".join(f"{k} {v:g}" for k, v in TARGET_SHIFT.items())
-    transfer = Table(title=f"Transfer: digits -> digits with {shift} (accuracy %)", title_justify="left")
-    for column in ("training", "source test", "target test"):
-        transfer.add_column(column, justify="left" if column == "training" else "right")
     few = f"{LABELS_PER_CLASS} target labels/class"
-    transfer.add_row(
-        "source only (all source labels)",
-        acc("source_only", "source_test/digit/accuracy"),
-        acc("source_only", "target_test/digit/accuracy"),
+    table = Table(title="crosstask demo: scikit-learn digits, test accuracy %", title_justify="left")
+    for column, justify in (
+        ("experiment", "left"),
+        ("training", "left"),
+        ("evaluated on", "left"),
+        ("digit", "right"),
+        ("parity", "right"),
+        ("ge5", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    target = f"target ({shift})"
+    rows = [
+        (
+            "transfer",
+            "source only (all source labels)",
+            "source",
+            acc("source_only", "source_test/digit/accuracy"),
+        ),
+        ("", "source only (all source labels)", target, acc("source_only", "target_test/digit/accuracy")),
+        ("", f"target only ({few})", target, acc("target_only", "target_test/digit/accuracy")),
+        ("", f"joint L_source + L_target ({few})", target, acc("joint", "target_test/digit/accuracy")),
+        ("", f"fine-tuned source model ({few})", target, acc("fine_tuned", "target_test/digit/accuracy")),
+    ]
+    for i, row in enumerate(rows):
+        table.add_row(*row, "", "", end_section=i == len(rows) - 1)
+    names = [t["name"] for t in TASKS]
+    table.add_row(
+        "multi-task", "one model per task", "test", *(acc(f"single_{n}", f"test/{n}/accuracy") for n in names)
     )
-    transfer.add_row(f"target only ({few})", "-", acc("target_only", "target_test/digit/accuracy"))
-    transfer.add_row(f"joint: L_source + L_target ({few})", "-", acc("joint", "target_test/digit/accuracy"))
-    transfer.add_row(f"fine-tuned source model ({few})", "-", acc("fine_tuned", "target_test/digit/accuracy"))
-
-    multitask = Table(
-        title="Multi-task: one MLP for three tasks vs one MLP per task (accuracy %)", title_justify="left"
+    table.add_row(
+        "", "one model for the three tasks", "test", *(acc("multitask", f"test/{n}/accuracy") for n in names)
     )
-    for column in ("task", "single-task", "multi-task"):
-        multitask.add_column(column, justify="left" if column == "task" else "right")
-    for task in TASKS:
-        name = task["name"]
-        multitask.add_row(
-            name, acc(f"single_{name}", f"test/{name}/accuracy"), acc("multitask", f"test/{name}/accuracy")
-        )
-    return [transfer, multitask]
+    return table

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from crosstask.config import (
     Experiment,
     ModelConfig,
     TrainConfig,
+    check_name,
     component,
     load_config,
     validate_component,
@@ -63,29 +65,43 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an explicit device must exist here."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is '{name}' but no CUDA device is available here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"train.device is '{name}' but MPS is not available here; use auto or cpu")
     return device
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed torch, numpy and random; with ``deterministic`` also ask torch for deterministic kernels."""
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
+
+
+@contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels while training when ``enabled``; the previous setting is restored after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 # ----------------------------------------------------------------------------- the shared path
@@ -114,8 +130,8 @@ def train(
     model.to(device)
     tasks = model.tasks
     specs = [
-        StreamSpec(d.name, d.labeled, tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]))
-        for d in train_domains.values()
+        StreamSpec(name, d.labeled, tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]))
+        for name, d in train_domains.items()
     ]
     method_obj = METHODS.get(method.name).obj(method, model, specs)
     method_obj.setup()
@@ -123,12 +139,16 @@ def train(
     weighting_obj = WEIGHTINGS.get(weighting.name).obj(weighting, method_obj.loss_names)
     optimizer = build_optimizer(optim, model, method_obj.modules.parameters())
     lr_schedule = build_scheduler(scheduler, optimizer, config.steps)
+    unused = [name for name in train_domains if name not in method_obj.streams_used]
+    if unused:
+        log.info("method '%s' does not draw from stream(s) %s", method.name, ", ".join(unused))
     streams = MultiStream(
         {
-            d.name: Stream(
+            name: Stream(
                 d, tasks, d.batch_size or config.batch_size, seed=seed, device=device, num_workers=num_workers
             )
-            for d in train_domains.values()
+            for name, d in train_domains.items()
+            if name in method_obj.streams_used
         }
     )
     evaluator = None
@@ -160,7 +180,8 @@ def train(
         progress=progress,
         name=name,
     )
-    summary = trainer.fit(resume=resume)
+    with deterministic_mode(config.deterministic):
+        summary = trainer.fit(resume=resume)
     return RunResult(run_dir.path, summary, model)
 
 
@@ -175,7 +196,7 @@ def build_model(
         tasks,
         architecture=config.architecture,
         bottleneck=config.bottleneck.model_dump() if config.bottleneck else None,
-        head=config.head.model_dump(),
+        head=config.head,
         input_shape=input_shape,
     )
     if config.init_from is not None:
@@ -218,17 +239,16 @@ def run(
             data = config.model_dump(mode="json") if isinstance(config, Experiment) else dict(config)
             config = apply_overrides(data, overrides)
         experiment = validate_config(config)
-    seed_everything(experiment.seed, experiment.train.deterministic)
+    seed_everything(experiment.seed)
     train_domains = build_domains(experiment, "train")
     eval_domains = build_domains(experiment, "eval")
     input_shape = infer_input_shape(next(iter(train_domains.values())).dataset)
     model = build_model(experiment.model, experiment.tasks, input_shape)
     directory = (
-        RunDir(run_dir)
+        RunDir.at(run_dir, resume=resume)
         if run_dir is not None
         else RunDir.create(experiment.output_dir, experiment.name, resume=resume)
     )
-    directory.path.mkdir(parents=True, exist_ok=True)
     _save_config(directory, experiment.model_dump(mode="json"), resume)
     return train(
         model,
@@ -250,10 +270,11 @@ def run(
 
 
 def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> None:
-    """Write config.yaml; on resume, refuse a config that differs from the saved one (except train.steps)."""
+    """Write config.yaml; on resume, refuse a config that differs from the saved one in what it trains
+    (train.steps, name and output_dir may differ)."""
     if resume and directory.config.exists():
         saved = yaml.safe_load(directory.config.read_text())
-        differences = _differences(saved, resolved, ignore={"train.steps"})
+        differences = _differences(saved, resolved, ignore={"train.steps", "name", "output_dir"})
         if differences:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
             raise RunError(
@@ -278,13 +299,26 @@ def _differences(a: Any, b: Any, ignore: set[str], prefix: str = "") -> list[tup
 
 
 def _as_domain(name: str, value: Dataset | Domain, labeled: bool) -> Domain:
+    """A Domain named ``name`` (a copy: the caller's object is left as it is)."""
+    try:
+        check_name(name, "stream or evaluation set")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if isinstance(value, Domain):
-        return value
+        return replace(value, name=name)
     if not isinstance(value, Dataset) and not hasattr(value, "__getitem__"):
         raise ConfigError(
             f"{name}= must be a torch Dataset or a crosstask Domain, got {type(value).__name__}"
         )
     return Domain(name, value, labeled)
+
+
+def _describe(dataset: Dataset) -> str:
+    """A stable description of an in-memory dataset for the saved config (no memory addresses)."""
+    try:
+        return f"{type(dataset).__name__} of {len(dataset)} samples"
+    except TypeError:
+        return type(dataset).__name__
 
 
 def fit(
@@ -305,6 +339,8 @@ def fit(
     output_dir: str | os.PathLike = "runs",
     seed: int = 0,
     resume: bool = False,
+    num_workers: int = 0,
+    eval_batch_size: int = 512,
     progress: Progress | None = None,
     **train_options: Any,
 ) -> RunResult:
@@ -322,10 +358,17 @@ def fit(
         weighting, optim, scheduler: by name or config mapping.
         steps, batch_size, **train_options: keys of the ``train:`` config section (``eval_every``, ``bf16``,
             ``grad_clip``, ``accumulate``, ``early_stopping``, ``device``, ...).
-        name, output_dir, seed, resume: where the run goes; ``resume=True`` continues ``output_dir/name``.
+        name, output_dir, seed, resume: where the run goes; ``resume=True`` continues the latest
+            ``output_dir/name[-N]``.
+        num_workers, eval_batch_size: data loading for datasets that are not held in memory.
 
     Datasets yield ``(x, y)``, ``(x, {task: y})`` or, unlabeled, ``x``.
     """
+    if not isinstance(model, MultiTaskModel):
+        raise ConfigError(
+            f"fit() trains a crosstask model, got {type(model).__name__}; wrap your network: "
+            "ct.MultiTaskModel(module, tasks) (the module needs an int num_features) or ct.TransferModel(...)"
+        )
     domains: dict[str, Domain] = {}
     if data is not None:
         domains["train"] = _as_domain("train", data, True)
@@ -335,13 +378,9 @@ def fit(
         domains["target"] = _as_domain("target", target, False)
     for key, value in (streams or {}).items():
         domains[key] = _as_domain(key, value, True)
-    for key, domain in domains.items():
-        domain.name = key
     if not domains:
         raise ConfigError("fit() needs training data: pass data=, source= (and target=), or streams=")
     eval_domains = {k: _as_domain(k, v, True) for k, v in (eval or {}).items()}
-    for key, domain in eval_domains.items():
-        domain.name = key
     train_config = validate_python(
         TrainConfig, {"steps": steps, "batch_size": batch_size, **train_options}, "train"
     )
@@ -351,9 +390,7 @@ def fit(
         "optim": validate_component(component(OPTIMIZERS), optim, "optim"),
         "scheduler": validate_component(component(SCHEDULERS), scheduler, "scheduler"),
     }
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    seed_everything(seed)
     directory = RunDir.create(output_dir, name, resume=resume)
     resolved = {
         "name": name,
@@ -361,7 +398,7 @@ def fit(
         "model": model.spec(),
         "data": {
             part: {
-                k: {"dataset": repr(d.dataset)[:200], "labeled": d.labeled, "tasks": d.tasks}
+                k: {"dataset": _describe(d.dataset), "labeled": d.labeled, "tasks": d.tasks}
                 for k, d in ds.items()
             }
             for part, ds in (("train", domains), ("eval", eval_domains))
@@ -378,6 +415,8 @@ def fit(
         run_dir=directory,
         name=directory.path.name,
         seed=seed,
+        num_workers=num_workers,
+        eval_batch_size=eval_batch_size,
         resume=resume,
         progress=progress,
         **components,

@@ -22,6 +22,8 @@ from pydantic_core import PydanticCustomError
 
 from crosstask.errors import ConfigError, suggest
 
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"  # names that appear in metric keys and file names
+
 
 class StrictModel(BaseModel):
     """A config model that reports unknown keys (with the allowed ones and a suggestion) next to every other
@@ -157,6 +159,7 @@ DATASETS = Registry(
 BACKBONES = Registry(
     "backbone", "feature extractors with forward_features + num_features", ("crosstask.models.backbones",)
 )
+HEADS = Registry("head", "per-task output layers built from Task specs", ("crosstask.models.heads",))
 ARCHITECTURES = Registry("architecture", "how tasks share a network", ("crosstask.architectures",))
 METHODS = Registry("method", "what a training step computes: named losses", ("crosstask.methods",))
 WEIGHTINGS = Registry("weighting", "how named losses become one gradient", ("crosstask.weighting",))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from crosstask.data.tasks import Task
 from crosstask.models.backbones.base import Backbone
-from crosstask.models.heads import Trunk
+from crosstask.models.trunk import Trunk
 from crosstask.registry import ComponentConfig
 
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
-from crosstask.models.heads import Trunk
+from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from crosstask.data.domains import Domain
 from crosstask.data.tasks import Task
@@ -73,9 +73,38 @@ class LabelReader:
                 f"{', '.join(t.name for t in wanted)}; give the domain one task (tasks: [...]) or return "
                 "(x, {task: y}) samples"
             )
+        self._check_classes(domain, wanted, y)
+
+    def _check_classes(self, domain: Domain, tasks: list[Task], first: Any) -> None:
+        """Class labels must lie in [-1, num_classes): checked on all labels held in memory, else the first."""
+        targets = getattr(domain.dataset, "targets", None)
+        for task in tasks:
+            if task.kind != "classification":
+                continue
+            key = self.keys[task.name]
+            labels = targets if targets is not None else first
+            if isinstance(labels, Mapping):
+                labels = labels[key] if key is not None else None
+            if labels is None:
+                continue
+            labels = torch.as_tensor(labels)
+            if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) >= task.num_classes):
+                raise DataError(
+                    f"domain '{domain.name}': task '{task.name}' has num_classes {task.num_classes} but its labels "
+                    f"range over {int(labels.min())}..{int(labels.max())}; set num_classes to cover them "
+                    "(labels are 0..num_classes-1, -1 for missing)"
+                )
 
     def __call__(self, y: Any) -> dict[str, Tensor]:
         return {task: (y if key is None else y[key]) for task, key in self.keys.items()}
+
+
+def as_input(x: Any) -> Tensor:
+    """Inputs as a tensor, floating point ones in the default dtype (numpy and pandas data arrive as float64)."""
+    x = torch.as_tensor(x)
+    if x.is_floating_point() and x.dtype != torch.get_default_dtype():
+        x = x.to(torch.get_default_dtype())
+    return x
 
 
 def _stream_seed(seed: int, name: str, epoch: int) -> int:
@@ -145,13 +174,17 @@ class Stream:
             sample = self.dataset.gather(self.indices(self.consumed))
         else:
             if self._loader is None:
+                # a seeded generator: creating the iterator must not draw from the global RNG (exact resume)
+                generator = torch.Generator().manual_seed(
+                    _stream_seed(self.seed, f"{self.name}/loader", self.consumed)
+                )
                 self._loader = iter(
                     DataLoader(
                         self.dataset,
                         batch_sampler=self._index_batches(self.consumed),
                         num_workers=self.num_workers,
                         pin_memory=self.device.type == "cuda",
-                        persistent_workers=False,
+                        generator=generator,
                     )
                 )
             sample = next(self._loader)
@@ -165,7 +198,7 @@ class Stream:
         else:
             x, y = sample, {}
         return Batch(
-            x.to(self.device, non_blocking=non_blocking),
+            as_input(x).to(self.device, non_blocking=non_blocking),
             {k: v.to(self.device, non_blocking=non_blocking) for k, v in y.items()},
         )
 
@@ -198,11 +231,15 @@ class MultiStream:
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, num_workers: int = 0) -> Iterator[Any]:
-    """The samples of ``dataset`` in order, batched (for evaluation)."""
+    """The samples of ``dataset`` in order, batched (for evaluation); draws nothing from the global RNG."""
     if hasattr(dataset, "gather"):
         for start in range(0, len(dataset), batch_size):
             yield dataset.gather(slice(start, start + batch_size))
     else:
         yield from DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=default_collate
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(0),
         )

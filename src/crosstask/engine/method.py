@@ -50,7 +50,8 @@ class Method:
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         self.config = config
         self.model = model
-        self.streams = {s.name: s for s in streams}
+        self.available = {s.name: s for s in streams}  # every training stream of the run
+        self.train_streams: list[StreamSpec] = list(streams)  # the ones a step draws from
         self.tasks: dict[str, Task] = {t.name: t for t in model.tasks}
         self.modules = nn.ModuleDict()
 
@@ -63,6 +64,11 @@ class Method:
         """The names of the losses every training step returns (the weighting is set up with them)."""
         raise NotImplementedError
 
+    @property
+    def streams_used(self) -> list[str]:
+        """Names of the streams a step draws from (``train_streams``); the others are not loaded."""
+        return [s.name for s in self.train_streams]
+
     def setup(self) -> None:
         """Prepare the model before the optimizer is built (freezing layers, say)."""
 
@@ -71,11 +77,11 @@ class Method:
 
     def labeled_streams(self) -> list[StreamSpec]:
         """Training streams with labels, or a config error naming the method when there are none."""
-        labeled = [s for s in self.streams.values() if s.labeled and s.tasks]
+        labeled = [s for s in self.available.values() if s.labeled and s.tasks]
         if not labeled:
             raise ConfigError(
                 f"method '{self.name}' needs at least one labeled training domain; data.train has "
-                f"{', '.join(self.streams) or 'none'}, all unlabeled. Set labeled: true on one of them."
+                f"{', '.join(self.available) or 'none'}, all unlabeled. Set labeled: true on one of them."
             )
         return labeled
 

@@ -23,7 +23,11 @@ class OptimizerConfig(ComponentConfig):
 
     lr: float = Field(default=0.01, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-    backbone_lr_mult: float = Field(default=1.0, ge=0.0, description="backbone lr = lr * this (0 freezes it)")
+    backbone_lr_mult: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="backbone lr = lr * this (0: not optimized; method.finetune freezes it)",
+    )
 
 
 class SGDConfig(OptimizerConfig):

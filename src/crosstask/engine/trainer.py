@@ -28,6 +28,7 @@ from crosstask.engine.run_dir import RunDir
 from crosstask.errors import RunError, TrainingDiverged
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.models.model import MultiTaskModel
+from crosstask.registry import METRICS
 from crosstask.weighting.base import BalanceContext, Weighting
 
 
@@ -67,15 +68,16 @@ class Trainer:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.shared_params = [p for p in model.shared_parameters() if p.requires_grad]
         self.select = config.select_metric
-        self.higher_is_better = _direction(self.select, model) if self.select else True
-        self.checkpoint_every = config.checkpoint_every or config.eval_every or config.steps
+        self.stopping = config.early_stopping
+        self.checkpoint_every = config.checkpoint_every or min(config.eval_every or config.steps, 1000)
         # state that a checkpoint carries
         self.step = 0
-        self.best: dict[str, Any] | None = None
+        self.best: dict[str, Any] | None = None  # the evaluation that picked best.pt
+        self.stop_best: float | None = None  # early stopping: best value of its metric so far
         self.bad_evals = 0
         self.elapsed = 0.0
         self._loss_sum = torch.zeros(len(self.loss_names), device=device)
-        self._weight_sum: dict[str, float] = dict.fromkeys(self.loss_names, 0.0)
+        self._weight_sum: dict[str, float | torch.Tensor] = dict.fromkeys(self.loss_names, 0.0)
         self._logged_steps = 0
         self._stop_requested = False
         self._started = time.perf_counter()
@@ -86,7 +88,20 @@ class Trainer:
         """Train to the end (or resume from ``checkpoints/last.pt``) and return the run summary."""
         if resume and self.run_dir.last.exists():
             self._load(self.run_dir.last)
+            finished = self._finished_summary()
+            if finished is not None:
+                log.info(
+                    "%s already finished (%s at step %d); nothing to do",
+                    self.run_dir,
+                    finished["status"],
+                    self.step,
+                )
+                return finished
             log.info("resuming %s from step %d", self.run_dir, self.step)
+        elif resume:
+            log.warning(
+                "nothing to resume in %s (no checkpoints/last.pt yet): starting from step 0", self.run_dir
+            )
         self.metrics_log.truncate_after(self.step)
         self._started = time.perf_counter()
         status, final, evaluated_at, saved_at = "completed", {}, None, None
@@ -124,7 +139,7 @@ class Trainer:
     def _train_step(self) -> None:
         accumulate = self.config.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        for _ in range(accumulate):
+        for micro_step in range(accumulate):
             batch = next(self.streams)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 output = self.method.training_step(batch)
@@ -140,33 +155,34 @@ class Trainer:
                     for n, v in zip(self.loss_names, values.tolist(), strict=True)
                     if not math.isfinite(v)
                 }
-                raise TrainingDiverged(
-                    self._diverged_message(f"loss {', '.join(f'{k}={v}' for k, v in bad.items())}")
-                )
+                what = f"loss {', '.join(f'{k}={v}' for k, v in bad.items())}"
+                raise TrainingDiverged(self._diverged_message(self.step + 1, what))
             if accumulate > 1:
                 losses = {n: loss / accumulate for n, loss in losses.items()}
-            weights = self.weighting.backward(
-                losses, BalanceContext(self.step, self.shared_params, output.shared)
-            )
+            context = BalanceContext(self.step, self.shared_params, output.shared, micro_step, accumulate)
+            weights = self.weighting.backward(losses, context)
             self._loss_sum += values / accumulate
-            for n in self.loss_names:
-                self._weight_sum[n] += float(weights[n]) / accumulate
+            for n in self.loss_names:  # a weighting may return tensors: keep them on device until logged
+                w = weights[n]
+                self._weight_sum[n] = (
+                    self._weight_sum[n] + (w.detach() if isinstance(w, torch.Tensor) else w) / accumulate
+                )
         if self.config.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             if not bool(torch.isfinite(norm)):
-                raise TrainingDiverged(self._diverged_message(f"gradient norm {float(norm)}"))
+                raise TrainingDiverged(self._diverged_message(self.step + 1, f"gradient norm {float(norm)}"))
         self.optimizer.step()
         self.scheduler.step()
         self._logged_steps += 1
 
-    def _diverged_message(self, what: str) -> str:
+    def _diverged_message(self, step: int, what: str) -> str:
         kept = (
             f"the last good checkpoint ({self.run_dir.last}) is kept"
             if self.run_dir.last.exists()
             else "no checkpoint was written yet"
         )
         return (
-            f"training diverged at step {self.step + 1}: {what}. Stopped; {kept}. Lower optim.lr, set "
+            f"training diverged at step {step}: {what}. Stopped; {kept}. Lower optim.lr, set "
             "train.grad_clip, or check the data for NaN/inf values."
         )
 
@@ -175,7 +191,7 @@ class Trainer:
     def _log_train(self) -> None:
         n = max(1, self._logged_steps)
         losses = {f"loss/{k}": v / n for k, v in zip(self.loss_names, self._loss_sum.tolist(), strict=True)}
-        weights = {f"weight/{k}": v / n for k, v in self._weight_sum.items()}
+        weights = {f"weight/{k}": float(v) / n for k, v in self._weight_sum.items()}
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         self.metrics_log.write({"step": self.step, "phase": "train", **losses, **weights, **lrs})
         self.progress.update(self.step, {k.removeprefix("loss/"): v for k, v in losses.items()})
@@ -189,40 +205,38 @@ class Trainer:
         metrics = self.evaluator.evaluate(self.model)
         self.metrics_log.write({"step": self.step, "phase": "eval", **metrics})
         self.progress.evaluated(self.step, metrics)
-        if self.select is not None:
-            value = metrics[self.select]
-            if self._improves(value):
-                self.best = {"metric": self.select, "value": value, "step": self.step, "metrics": metrics}
-                self.bad_evals = 0
-                save_checkpoint(
-                    self.run_dir.best,
-                    {
-                        "model": self.model.state_dict(),
-                        "model_spec": self.model.spec(),
-                        "step": self.step,
-                        "metrics": metrics,
-                    },
-                )
+        if self.select is not None and _improves(
+            metrics[self.select], self.best and self.best["value"], self.select
+        ):
+            self.best = {
+                "metric": self.select,
+                "value": metrics[self.select],
+                "step": self.step,
+                "metrics": metrics,
+            }
+            save_checkpoint(
+                self.run_dir.best,
+                {
+                    "model": self.model.state_dict(),
+                    "model_spec": self.model.spec(),
+                    "step": self.step,
+                    "metrics": metrics,
+                },
+            )
+        if self.stopping is not None:
+            value = metrics[self.stopping.metric]
+            if _improves(value, self.stop_best, self.stopping.metric, self.stopping.min_delta):
+                self.stop_best, self.bad_evals = value, 0
             else:
                 self.bad_evals += 1
         return metrics
 
-    def _improves(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.best is None:
-            return True
-        delta = self.config.early_stopping.min_delta if self.config.early_stopping else 0.0
-        gain = value - self.best["value"] if self.higher_is_better else self.best["value"] - value
-        return gain > delta
-
     def _should_stop_early(self) -> bool:
-        stop = self.config.early_stopping
-        if stop is not None and self.bad_evals >= stop.patience:
+        if self.stopping is not None and self.bad_evals >= self.stopping.patience:
             log.info(
                 "early stopping at step %d: %s has not improved for %d evaluations",
                 self.step,
-                stop.metric,
+                self.stopping.metric,
                 self.bad_evals,
             )
             return True
@@ -233,7 +247,7 @@ class Trainer:
     def _save_last(self) -> None:
         for p in self.model.parameters():
             if not bool(torch.isfinite(p).all()):
-                raise TrainingDiverged(self._diverged_message("a model parameter became NaN/inf"))
+                raise TrainingDiverged(self._diverged_message(self.step, "a model parameter became NaN/inf"))
         save_checkpoint(
             self.run_dir.last,
             {
@@ -249,10 +263,11 @@ class Trainer:
                 "rng": capture_rng(),
                 "trainer": {
                     "best": self.best,
+                    "stop_best": self.stop_best,
                     "bad_evals": self.bad_evals,
                     "elapsed": self.elapsed_total,
                     "loss_sum": self._loss_sum.cpu(),
-                    "weight_sum": self._weight_sum,
+                    "weight_sum": {k: float(v) for k, v in self._weight_sum.items()},
                     "logged_steps": self._logged_steps,
                 },
             },
@@ -267,16 +282,32 @@ class Trainer:
             self.weighting.load_state_dict(state["weighting"])
             self.method.load_state_dict(state["method"])
             self.streams.load_state_dict(state["streams"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            trainer = state["trainer"]
+            self.step = int(state["step"])
+            self.best, self.stop_best, self.bad_evals = (
+                trainer["best"],
+                trainer["stop_best"],
+                trainer["bad_evals"],
+            )
+            self.elapsed = trainer["elapsed"]
+            self._loss_sum = trainer["loss_sum"].to(self.device)
+            self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
+            restore_rng(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunError(
-                f"{path} does not match this run's model or setup ({exc}); start a new run instead of --resume"
+                f"{path} does not match this run's model or setup ({type(exc).__name__}: {exc}); "
+                "start a new run instead of --resume"
             ) from None
-        trainer = state["trainer"]
-        self.step = int(state["step"])
-        self.best, self.bad_evals, self.elapsed = trainer["best"], trainer["bad_evals"], trainer["elapsed"]
-        self._loss_sum = trainer["loss_sum"].to(self.device)
-        self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
-        restore_rng(state["rng"])
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that already ended (stopped early, or completed all of ``train.steps``)."""
+        if not self.run_dir.summary.exists():
+            return None
+        summary = self.run_dir.read_summary()
+        done = summary.get("status") == "stopped_early" or (
+            summary.get("status") == "completed" and self.step >= self.config.steps
+        )
+        return summary if done and summary.get("step") == self.step else None
 
     def _write_summary(
         self, status: str, final: dict[str, float], error: str | None = None
@@ -331,7 +362,11 @@ class Trainer:
         return self.elapsed + time.perf_counter() - self._started
 
 
-def _direction(metric_key: str, model: MultiTaskModel) -> bool:
-    from crosstask.registry import METRICS
-
-    return METRICS.get(metric_key.rsplit("/", 1)[-1]).obj.higher_is_better
+def _improves(value: float, best: float | None, metric_key: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in the metric's direction."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    higher_is_better = METRICS.get(metric_key.rsplit("/", 1)[-1]).obj.higher_is_better
+    return (value - best if higher_is_better else best - value) > min_delta

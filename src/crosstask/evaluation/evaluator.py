@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from crosstask.data.domains import Domain
-from crosstask.data.streams import LabelReader, iterate_batches
+from crosstask.data.streams import LabelReader, as_input, iterate_batches
 from crosstask.data.tasks import Task
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
@@ -51,7 +51,7 @@ class Evaluator:
         targets: dict[str, list[Tensor]] = {t: [] for t in reader.keys}
         for x, y in iterate_batches(self.domains[domain].dataset, self.batch_size, self.num_workers):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = model(x.to(self.device))
+                out = model(as_input(x).to(self.device))
             for task, target in reader(y).items():
                 outputs[task].append(out[task].float().cpu())
                 targets[task].append(torch.as_tensor(target).cpu())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 from torch import Tensor
 
 from crosstask.registry import METRICS
@@ -72,16 +74,22 @@ def f1_macro(output: Tensor, target: Tensor) -> float:
 
 @metric("auc", ("classification", "multilabel"), True)
 def auc(output: Tensor, target: Tensor) -> float:
-    """Area under the ROC curve: binary, one-vs-rest macro for several classes, macro over labels."""
-    if output.shape[-1] >= 2 and target.dim() == 1:
-        y, _, probs = _classes(output, target)
-        if len(np.unique(y)) < 2:
+    """Area under the ROC curve: binary, one-vs-rest macro for several classes, macro over labels.
+
+    NaN where it is undefined (an evaluation set holding a single class).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        try:
+            if output.shape[-1] >= 2 and target.dim() == 1:
+                y, _, probs = _classes(output, target)
+                if probs.shape[1] == 2:
+                    return float(skm.roc_auc_score(y, probs[:, 1]))
+                return float(skm.roc_auc_score(y, probs, multi_class="ovr", labels=np.arange(probs.shape[1])))
+            y, scores = _labels(output, target)
+            return float(skm.roc_auc_score(y, scores, average="macro"))
+        except ValueError:
             return float("nan")
-        if probs.shape[1] == 2:
-            return float(skm.roc_auc_score(y, probs[:, 1]))
-        return float(skm.roc_auc_score(y, probs, multi_class="ovr", labels=np.arange(probs.shape[1])))
-    y, scores = _labels(output, target)
-    return float(skm.roc_auc_score(y, scores, average="macro"))
 
 
 @metric("f1_micro", ("multilabel",), True)

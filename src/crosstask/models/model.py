@@ -20,8 +20,8 @@ from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, RunError
 from crosstask.models.backbones.base import Backbone, ModuleBackbone, build_backbone
-from crosstask.models.heads import Head, Trunk
-from crosstask.registry import ARCHITECTURES, BACKBONES, ComponentConfig
+from crosstask.models.trunk import Trunk
+from crosstask.registry import ARCHITECTURES, BACKBONES, HEADS, ComponentConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class MultiTaskModel(nn.Module):
         architecture: a registered sharing architecture, by name or config (``crosstask list architecture``).
         weights: pretrained backbone weights: a local file or, for torchvision backbones, a weights name.
         bottleneck: width of a shared Linear-BatchNorm-ReLU layer after the backbone, or its config mapping.
-        head: per-task head options, e.g. ``{"hidden": [128], "dropout": 0.1}``.
+        head: the per-task head, by name or config (``"linear"``, ``{"name": "mlp", "hidden": [128]}``).
         input_shape: the shape of one sample, needed by backbones such as ``mlp`` and ``lenet``.
     """
 
@@ -72,11 +72,11 @@ class MultiTaskModel(nn.Module):
         architecture: str | Mapping[str, Any] | ComponentConfig = "hard_sharing",
         weights: str | os.PathLike | None = None,
         bottleneck: int | Mapping[str, Any] | None = None,
-        head: Mapping[str, Any] | None = None,
+        head: str | Mapping[str, Any] | ComponentConfig = "linear",
         input_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        from crosstask.config import BottleneckConfig, HeadConfig
+        from crosstask.config import BottleneckConfig
 
         self.tasks = _tasks(tasks)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -84,7 +84,7 @@ class MultiTaskModel(nn.Module):
         if isinstance(bottleneck, int):
             bottleneck = {"dim": bottleneck}
         self.bottleneck_config = BottleneckConfig.model_validate(dict(bottleneck)) if bottleneck else None
-        self.head_config = HeadConfig.model_validate(dict(head or {}))
+        self.head_config = _component(head, HEADS, "head")
 
         if isinstance(backbone, nn.Module):
             if weights is not None:
@@ -117,17 +117,14 @@ class MultiTaskModel(nn.Module):
 
         entry = ARCHITECTURES.get(self.architecture_config.name)
         self.architecture: Architecture = entry.obj(self.architecture_config, make_trunk, self.tasks)
+        build_head = HEADS.get(self.head_config.name).obj
         self.heads = nn.ModuleDict(
             {
-                t.name: Head(
-                    t,
-                    self.architecture.out_features(t.name),
-                    self.head_config.hidden,
-                    self.head_config.dropout,
-                )
+                t.name: build_head(self.head_config, t, self.architecture.out_features(t.name))
                 for t in self.tasks
             }
         )
+        self._squeeze = {t.name for t in self.tasks if t.kind == "regression" and t.num_outputs == 1}
         self._frozen: list[nn.Module] = []
 
     # ------------------------------------------------------------------ forward
@@ -138,7 +135,10 @@ class MultiTaskModel(nn.Module):
     def forward_all(self, x: Tensor) -> ModelOutput:
         """Outputs by task and the shared representation (for methods and weightings that need it)."""
         features, shared = self.architecture(x)
-        return ModelOutput({name: head(features[name]) for name, head in self.heads.items()}, shared)
+        outputs = {name: head(features[name]) for name, head in self.heads.items()}
+        for name in self._squeeze:
+            outputs[name] = outputs[name].squeeze(-1)
+        return ModelOutput(outputs, shared)
 
     # ------------------------------------------------------------------ parameters
 
@@ -217,7 +217,7 @@ class MultiTaskModel(nn.Module):
             tasks if tasks is not None else spec["tasks"],
             architecture=spec["architecture"],
             bottleneck=spec.get("bottleneck"),
-            head=spec.get("head"),
+            head=spec.get("head") or "linear",
             input_shape=spec.get("input_shape"),
         )
 
@@ -253,32 +253,26 @@ class MultiTaskModel(nn.Module):
 
 
 class TransferModel(MultiTaskModel):
-    """A pretrained backbone with new heads for the target task(s) (hard sharing).
+    """A pretrained backbone with new heads for the target task(s), hard sharing.
 
     ``TransferModel("resnet18", tasks, weights="resnet18.pth")`` starts from pretrained weights;
-    ``TransferModel.from_run("runs/source", tasks)`` starts from a crosstask run.
+    ``TransferModel.from_run("runs/source", tasks)`` starts from a crosstask run. Arguments as for
+    :class:`MultiTaskModel`, without ``architecture``.
     """
 
     def __init__(
         self,
         backbone: str | Mapping[str, Any] | ComponentConfig | nn.Module,
         tasks: Sequence[Task | Mapping[str, Any]],
-        *,
-        weights: str | os.PathLike | None = None,
-        bottleneck: int | Mapping[str, Any] | None = None,
-        head: Mapping[str, Any] | None = None,
-        input_shape: Sequence[int] | None = None,
-        architecture: str | Mapping[str, Any] | ComponentConfig = "hard_sharing",
+        **options: Any,
     ):
-        super().__init__(
-            backbone,
-            tasks,
-            architecture=architecture,
-            weights=weights,
-            bottleneck=bottleneck,
-            head=head,
-            input_shape=input_shape,
-        )
+        if "architecture" in options and options["architecture"] not in (
+            "hard_sharing",
+            {"name": "hard_sharing"},
+        ):
+            raise ConfigError("TransferModel uses hard sharing; use MultiTaskModel for other architectures")
+        options.pop("architecture", None)
+        super().__init__(backbone, tasks, **options)
 
 
 def infer_input_shape(dataset: torch.utils.data.Dataset) -> tuple[int, ...]:

@@ -19,11 +19,18 @@ from crosstask.registry import ComponentConfig
 
 @dataclass
 class BalanceContext:
-    """What a weighting may use besides the losses."""
+    """What a weighting may use besides the losses.
+
+    With gradient accumulation, ``backward`` is called once per micro-batch: ``micro_step`` counts them
+    (0 .. ``accumulate`` - 1) within optimizer step ``step``, so a stateful weighting can update its state
+    once per optimizer step.
+    """
 
     step: int
     shared_parameters: Sequence[nn.Parameter]
     shared: Tensor | None = None
+    micro_step: int = 0
+    accumulate: int = 1
 
 
 class Weighting:

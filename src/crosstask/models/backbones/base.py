@@ -116,8 +116,8 @@ def require_shape(input_shape: tuple[int, ...] | None, name: str, rank: int | No
     """The sample shape a backbone needs; a clear error when it is unknown or of the wrong rank."""
     if input_shape is None:
         raise ConfigError(
-            f"backbone '{name}' needs the shape of one input sample; pass input_shape=(...) to the model "
-            "(the CLI and ct.fit infer it from the data)"
+            f"backbone '{name}' needs the shape of one input sample: pass input_shape=(...) to the model, "
+            "e.g. input_shape=dataset[0][0].shape (crosstask run infers it from the data)"
         )
     if rank is not None and len(input_shape) != rank:
         raise ConfigError(f"backbone '{name}' expects samples of rank {rank}, got shape {tuple(input_shape)}")

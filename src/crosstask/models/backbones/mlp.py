@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -15,7 +15,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiL
 
 
 class MLPConfig(BackboneConfig):
-    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="widths of the hidden layers")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 256], description="widths of the hidden layers"
+    )
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     batch_norm: bool = False
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)

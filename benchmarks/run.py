@@ -1,0 +1,53 @@
+"""Run a benchmark suite and write ``benchmarks/results/<suite>.json`` and ``.md``.
+
+python -m benchmarks.run mnist_usps --seeds 0 1 2
+python -m benchmarks.run overhead
+make bench SUITE=mnist_usps          # or SUITE=all
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+import time
+
+from benchmarks import suites
+from benchmarks.records import write_results
+
+
+def suite_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(suites.__path__) if not m.name.startswith("_"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suite", help=f"one of {', '.join(suite_names())}, or all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the suite's)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (results marked as quick)")
+    args = parser.parse_args(argv)
+    names = suite_names() if args.suite == "all" else [args.suite]
+    unknown = [n for n in names if n not in suite_names()]
+    if unknown:
+        parser.error(f"unknown suite {unknown[0]!r}; suites: {', '.join(suite_names())}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("crosstask").setLevel(logging.WARNING)
+    for name in names:
+        module = importlib.import_module(f"benchmarks.suites.{name}")
+        options = {"seeds": args.seeds or module.SEEDS, "quick": args.quick}
+        started = time.perf_counter()
+        records = module.run(options)
+        options["minutes"] = round((time.perf_counter() - started) / 60, 1)
+        # a quick smoke run never overwrites the real results
+        json_path, md_path = write_results(name + (".quick" if args.quick else ""), records, options)
+        print(md_path.read_text())
+        print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per suite, each with ``DESCRIPTION`` and ``run(options) -> list[Record]``."""
