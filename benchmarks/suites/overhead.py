@@ -20,7 +20,7 @@ import crosstask as ct
 from benchmarks.records import Record
 from crosstask.data.datasets.base import load_dataset
 
-SEEDS = [0, 1, 2, 3, 4]  # one alternating round per seed
+SEEDS = [0, 1, 2, 3, 4, 5, 6, 7]  # one round per seed; the order alternates (ABBA) against drift
 BATCH = 64
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,15 @@ def run(options: dict) -> list[Record]:
     x, y = train.x, train.y
     times: dict[str, list[float]] = {"crosstask": [], "plain": [], "dataloader": []}
     plain_loop(x, y, 20, 0)  # warm-up
-    for seed in options["seeds"]:
-        times["crosstask"].append(crosstask_loop(train, steps, seed, "runs/benchmarks/overhead"))
-        times["plain"].append(plain_loop(x, y, steps, seed))
-        times["dataloader"].append(dataloader_loop(x, y, steps, seed))
+    runners = {
+        "crosstask": lambda seed: crosstask_loop(train, steps, seed, "runs/benchmarks/overhead"),
+        "plain": lambda seed: plain_loop(x, y, steps, seed),
+        "dataloader": lambda seed: dataloader_loop(x, y, steps, seed),
+    }
+    for round_, seed in enumerate(options["seeds"]):
+        order = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+        for name in order:
+            times[name].append(runners[name](seed))
         log.info("round %d: %s", seed, {k: round(v[-1], 3) for k, v in times.items()})
     ratios = [c / p for c, p in zip(times["crosstask"], times["plain"], strict=True)]
     ratio_dl = [c / p for c, p in zip(times["crosstask"], times["dataloader"], strict=True)]

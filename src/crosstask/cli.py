@@ -90,7 +90,7 @@ def run(
         console.print(
             f"best {best['metric']} = {best['value']:.2f} at step {best['step']} (checkpoints/best.pt)"
         )
-    console.print(f"run directory: {result.run_dir}")
+    console.print(f"run directory: {result.run_dir}", highlight=False)
 
 
 @app.command()

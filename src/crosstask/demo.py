@@ -138,7 +138,7 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
         )
 
     console.print(results_table(runs))
-    console.print(f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)")
+    console.print(f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)", highlight=False)
     return runs
 
 
@@ -150,29 +150,23 @@ def results_table(runs: dict[str, RunResult]) -> Table:
         return "" if value is None else f"{value:.1f}"
 
     shift = ", ".join(f"{k} {v:g}" for k, v in TARGET_SHIFT.items())
-    few = f"{LABELS_PER_CLASS} target labels/class"
+    few = f"{LABELS_PER_CLASS}/class"
     table = Table(title="crosstask demo: scikit-learn digits, test accuracy %", title_justify="left")
     for column, justify in (
-        ("experiment", "left"),
+        ("", "left"),
         ("training", "left"),
-        ("evaluated on", "left"),
+        ("test set", "left"),
         ("digit", "right"),
         ("parity", "right"),
         ("ge5", "right"),
     ):
         table.add_column(column, justify=justify)
-    target = f"target ({shift})"
     rows = [
-        (
-            "transfer",
-            "source only (all source labels)",
-            "source",
-            acc("source_only", "source_test/digit/accuracy"),
-        ),
-        ("", "source only (all source labels)", target, acc("source_only", "target_test/digit/accuracy")),
-        ("", f"target only ({few})", target, acc("target_only", "target_test/digit/accuracy")),
-        ("", f"joint L_source + L_target ({few})", target, acc("joint", "target_test/digit/accuracy")),
-        ("", f"fine-tuned source model ({few})", target, acc("fine_tuned", "target_test/digit/accuracy")),
+        ("transfer", "source only", "source", acc("source_only", "source_test/digit/accuracy")),
+        ("", "source only", "target", acc("source_only", "target_test/digit/accuracy")),
+        ("", f"target labels only ({few})", "target", acc("target_only", "target_test/digit/accuracy")),
+        ("", f"source + target ({few})", "target", acc("joint", "target_test/digit/accuracy")),
+        ("", f"fine-tuned source ({few})", "target", acc("fine_tuned", "target_test/digit/accuracy")),
     ]
     for i, row in enumerate(rows):
         table.add_row(*row, "", "", end_section=i == len(rows) - 1)
@@ -181,6 +175,7 @@ def results_table(runs: dict[str, RunResult]) -> Table:
         "multi-task", "one model per task", "test", *(acc(f"single_{n}", f"test/{n}/accuracy") for n in names)
     )
     table.add_row(
-        "", "one model for the three tasks", "test", *(acc("multitask", f"test/{n}/accuracy") for n in names)
+        "", "one model, three tasks", "test", *(acc("multitask", f"test/{n}/accuracy") for n in names)
     )
+    table.caption = f"target = digits with {shift}; {LABELS_PER_CLASS} target labels per class"
     return table

@@ -161,6 +161,11 @@ def train(
             bf16=config.bf16,
             num_workers=num_workers,
         )
+    if config.select_metric and evaluator is None:
+        raise ConfigError(
+            f"train.select/early_stopping.metric '{config.select_metric}' needs evaluation sets (data.eval, or "
+            "eval= in fit)"
+        )
     if config.select_metric and evaluator and config.select_metric not in evaluator.metric_keys():
         raise ConfigError(
             f"train.select/early_stopping.metric '{config.select_metric}' is not evaluated; "

@@ -51,6 +51,11 @@ class LabelReader:
         if not labeled or len(domain.dataset) == 0:
             return
         sample = domain.dataset[0]
+        if isinstance(sample, Mapping):
+            raise DataError(
+                f"domain '{domain.name}': its dataset yields dicts (keys {', '.join(map(str, sample))}); crosstask "
+                "reads (x, y) or (x, {task: y}) tuples: wrap the dataset so that __getitem__ returns one"
+            )
         if not isinstance(sample, tuple | list) or len(sample) < 2:
             raise DataError(
                 f"domain '{domain.name}': its dataset yields inputs without labels; mark the domain "
