@@ -138,7 +138,9 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
         )
 
     console.print(results_table(runs))
-    console.print(f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)", highlight=False)
+    console.print(
+        f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)", highlight=False
+    )
     return runs
 
 

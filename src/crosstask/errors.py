@@ -40,6 +40,12 @@ class TrainingDiverged(CrosstaskError):
     exit_code = 3
 
 
+class SolverError(CrosstaskError):
+    """A loss-balancing solver failed (no convergence, non-finite result); never silently replaced."""
+
+    exit_code = 3
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)

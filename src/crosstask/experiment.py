@@ -137,7 +137,10 @@ def train(
     method_obj.setup()
     method_obj.modules.to(device)
     weighting_obj = WEIGHTINGS.get(weighting.name).obj(weighting, method_obj.loss_names)
-    optimizer = build_optimizer(optim, model, method_obj.modules.parameters())
+    weighting_obj.params.to(device)
+    optimizer = build_optimizer(
+        optim, model, [*method_obj.modules.parameters(), *weighting_obj.params.parameters()]
+    )
     lr_schedule = build_scheduler(scheduler, optimizer, config.steps)
     unused = [name for name in train_domains if name not in method_obj.streams_used]
     if unused:

@@ -48,5 +48,10 @@ class Architecture(nn.Module):
         return iter(())
 
     def gates(self) -> dict[str, Tensor]:
-        """Gate weights per task, for gated architectures (empty otherwise)."""
+        """Gate weights per task from the last forward pass, for gated architectures (empty otherwise)."""
         return {}
+
+    def regularization(self) -> Tensor | None:
+        """A penalty added to every step's objective outside the loss balancing (soft sharing's distance
+        between towers, say); ``None`` for none."""
+        return None

@@ -87,15 +87,17 @@ class Method:
 
     def supervised_losses(
         self, batch: dict[str, Batch], streams: list[StreamSpec]
-    ) -> dict[tuple[str, str], Tensor]:
-        """The loss of every (stream, task) pair with labels: one forward pass per stream."""
-        losses = {}
+    ) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
+        """The loss of every (stream, task) pair with labels (one forward pass per stream), and the shared
+        representation when there is a single stream (weightings may work on it)."""
+        losses, shared = {}, None
         for spec in streams:
             data = batch[spec.name]
-            outputs = self.model(data.x)
+            output = self.model.forward_all(data.x)
             for task in spec.tasks:
-                losses[spec.name, task] = task_loss(self.tasks[task], outputs[task], data.y[task])
-        return losses
+                losses[spec.name, task] = task_loss(self.tasks[task], output.outputs[task], data.y[task])
+            shared = output.shared if len(streams) == 1 else None
+        return losses, shared
 
     def state_dict(self) -> dict[str, Any]:
         return {"modules": self.modules.state_dict()}

@@ -25,7 +25,7 @@ from crosstask.engine.checkpoint import capture_rng, load_checkpoint, restore_rn
 from crosstask.engine.logging import MetricsLog, Progress, log
 from crosstask.engine.method import Method
 from crosstask.engine.run_dir import RunDir
-from crosstask.errors import RunError, TrainingDiverged
+from crosstask.errors import CrosstaskError, RunError, TrainingDiverged
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
@@ -67,6 +67,8 @@ class Trainer:
         self.loss_names = list(method.loss_names)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        excluded = {id(p) for p in self.shared_params} | {id(p) for p in weighting.params.parameters()}
+        self.other_params = [p for p in self.params if id(p) not in excluded]
         self.select = config.select_metric
         self.stopping = config.early_stopping
         self.checkpoint_every = config.checkpoint_every or min(config.eval_every or config.steps, 1000)
@@ -132,6 +134,9 @@ class Trainer:
         except TrainingDiverged as exc:
             self._write_summary("diverged", {}, error=str(exc))
             raise
+        except CrosstaskError as exc:
+            self._write_summary("failed", {}, error=str(exc))
+            raise
         finally:
             self.progress.close()
         return self._write_summary(status, final)
@@ -159,7 +164,9 @@ class Trainer:
                 raise TrainingDiverged(self._diverged_message(self.step + 1, what))
             if accumulate > 1:
                 losses = {n: loss / accumulate for n, loss in losses.items()}
-            context = BalanceContext(self.step, self.shared_params, output.shared, micro_step, accumulate)
+            context = BalanceContext(
+                self.step, self.shared_params, output.shared, micro_step, accumulate, self.other_params
+            )
             weights = self.weighting.backward(losses, context)
             self._loss_sum += values / accumulate
             for n in self.loss_names:  # a weighting may return tensors: keep them on device until logged
@@ -167,6 +174,13 @@ class Trainer:
                 self._weight_sum[n] = (
                     self._weight_sum[n] + (w.detach() if isinstance(w, torch.Tensor) else w) / accumulate
                 )
+        penalty = self.model.regularization()  # e.g. soft sharing: outside the balancing, once per step
+        if penalty is not None:
+            if not bool(torch.isfinite(penalty)):
+                raise TrainingDiverged(
+                    self._diverged_message(self.step + 1, f"regularization {float(penalty)}")
+                )
+            penalty.backward()
         if self.config.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             if not bool(torch.isfinite(norm)):

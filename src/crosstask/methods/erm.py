@@ -73,8 +73,8 @@ class ERM(Method):
             log.info("partial fine-tuning: frozen %s", ", ".join(frozen))
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        pair_losses = self.supervised_losses(batch, self.train_streams)
+        pair_losses, shared = self.supervised_losses(batch, self.train_streams)
         losses = {}
         for (stream, _task), loss in pair_losses.items():
             losses[stream] = losses[stream] + loss if stream in losses else loss
-        return StepOutput(losses)
+        return StepOutput(losses, shared=shared)

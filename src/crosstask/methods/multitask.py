@@ -33,13 +33,12 @@ class MultiTask(Method):
         return list(self.tasks)
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        pair_losses = self.supervised_losses(batch, self.train_streams)
+        pair_losses, shared = self.supervised_losses(batch, self.train_streams)
         grouped: dict[str, list] = {}
         for (_stream, task), loss in pair_losses.items():
             grouped.setdefault(task, []).append(loss)
-        return StepOutput(
-            {
-                t: grouped[t][0] if len(grouped[t]) == 1 else sum(grouped[t]) / len(grouped[t])
-                for t in self.tasks
-            }
-        )
+        losses = {
+            t: grouped[t][0] if len(grouped[t]) == 1 else sum(grouped[t]) / len(grouped[t])
+            for t in self.tasks
+        }
+        return StepOutput(losses, shared=shared)

@@ -163,6 +163,9 @@ class MultiTaskModel(nn.Module):
     def gates(self) -> dict[str, Tensor]:
         return self.architecture.gates()
 
+    def regularization(self) -> Tensor | None:
+        return self.architecture.regularization()
+
     # ------------------------------------------------------------------ fine-tuning
 
     def freeze_backbone(self, until: str | None = None) -> list[str]:

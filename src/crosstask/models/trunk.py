@@ -30,3 +30,8 @@ class Trunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bottleneck(self.backbone.forward_features(x))
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's stages, then the bottleneck (if any): see ``Backbone.stages``."""
+        extra = [] if isinstance(self.bottleneck, nn.Identity) else [self.bottleneck]
+        return [*self.backbone.stages(), *extra]

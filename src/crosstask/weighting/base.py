@@ -1,29 +1,46 @@
 """The loss-balancing contract: named losses in, gradients out, the applied weights returned.
 
 A weighting balances *any* set of named losses: a multi-task model's task losses, or a transfer method's
-``source`` and ``target`` losses. It owns its state explicitly (``state_dict``) and reads nothing the
-trainer happens to set. It declares whether it needs per-task gradients and whether it can work on the
-shared representation instead of the shared parameters.
+``source`` and ``transfer`` losses. It owns its state explicitly (``state_dict``; learnable parts in
+``self.params``, optimized with the model) and reads nothing the trainer happens to set.
+
+Two families share all the mechanics here, so a method file only holds its formula:
+
+- :class:`LossWeighting` combines the loss *values* (static, equal, uncertainty, DWA, RLW, GLS, FAMO, STCH):
+  ``combine(losses) -> (objective, weights)``; one backward pass of the objective.
+- :class:`GradientWeighting` combines per-loss *gradients* (PCGrad, MGDA, CAGrad, Nash-MTL, ...):
+  ``aggregate(G, losses) -> (direction, weights)`` on the Jacobian ``G`` (one row per loss), taken either on
+  the shared parameters or, much cheaper, on the shared representation (config ``on: representation``).
+  The shared part receives the direction; every other parameter (heads, gates, a method's own modules)
+  receives the plain gradient of the losses it serves.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
+import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from crosstask.errors import ConfigError, SolverError
 from crosstask.registry import ComponentConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class BalanceContext:
     """What a weighting may use besides the losses.
 
-    With gradient accumulation, ``backward`` is called once per micro-batch: ``micro_step`` counts them
-    (0 .. ``accumulate`` - 1) within optimizer step ``step``, so a stateful weighting can update its state
-    once per optimizer step.
+    ``shared_parameters`` are the parameters every loss depends on (the model's shared part);
+    ``other_parameters`` the remaining trainable ones (heads, gates, a method's modules). ``shared`` is
+    the shared representation of this step, when the model has one and the data is single-input. With
+    gradient accumulation, ``backward`` runs once per micro-batch: ``micro_step`` counts them
+    (0 .. ``accumulate`` - 1) within optimizer step ``step``, so stateful weightings update once per step.
     """
 
     step: int
@@ -31,23 +48,182 @@ class BalanceContext:
     shared: Tensor | None = None
     micro_step: int = 0
     accumulate: int = 1
+    other_parameters: Sequence[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def last_micro_step(self) -> bool:
+        return self.micro_step == self.accumulate - 1
 
 
 class Weighting:
-    """Base class. :meth:`backward` calls ``backward()`` on the combination and returns the weights used."""
+    """Base class. :meth:`backward` puts gradients on the parameters and returns the weights it applied."""
 
     needs_task_gradients: ClassVar[bool] = False
+    supports_parameters: ClassVar[bool] = True
     supports_representation: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, loss_names: Sequence[str]):
         self.config = config
         self.loss_names = list(loss_names)
+        self.params = nn.ParameterDict()  # learnable weighting parameters, optimized with the model
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor | float]:
         raise NotImplementedError
 
+    def stack(self, losses: dict[str, Tensor]) -> Tensor:
+        """The losses as one float32 vector in ``loss_names`` order."""
+        return torch.stack([losses[n].float() for n in self.loss_names])
+
+    def named(self, weights: Tensor) -> dict[str, Tensor]:
+        detached = weights.detach()
+        return {n: detached[i] for i, n in enumerate(self.loss_names)}
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"params": self.params.state_dict(), "state": self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict` (nothing for stateless weightings)."""
+        self.params.load_state_dict(state["params"])
+        self.load_extra_state(state["state"])
+
+    def extra_state(self) -> dict[str, Any]:
+        """Tensors and numbers a stateful weighting keeps between steps (moving averages, histories)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+
+# ----------------------------------------------------------------------------- loss weightings
+
+
+class LossWeighting(Weighting):
+    """Weightings of the loss values: one backward pass of ``combine``'s objective."""
+
+    def combine(self, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
+        """``(objective, weights)`` for the float32 loss vector; weights are what is logged."""
+        raise NotImplementedError
+
+    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
+        objective, weights = self.combine(self.stack(losses), context)
+        objective.backward()
+        return self.named(weights)
+
+
+# ----------------------------------------------------------------------------- gradient weightings
+
+
+class GradientWeightingConfig(ComponentConfig):
+    """Keys of every gradient weighting."""
+
+    on: Literal["parameters", "representation"] = Field(
+        default="parameters",
+        description="take per-loss gradients on the shared parameters, or on the shared representation "
+        "(much cheaper; needs a model with one shared representation and single-input data)",
+    )
+
+
+class GradientWeighting(Weighting):
+    """Weightings of per-loss gradients. Subclasses implement :meth:`aggregate`."""
+
+    needs_task_gradients = True
+    supports_representation = True
+    config: GradientWeightingConfig
+
+    def __init__(self, config: GradientWeightingConfig, loss_names: Sequence[str]):
+        super().__init__(config, loss_names)
+        if config.on == "representation" and not self.supports_representation:
+            raise ConfigError(
+                f"weighting.on: '{self.name}' cannot work on the shared representation; use on: parameters"
+            )
+        if config.on == "parameters" and not self.supports_parameters:
+            raise ConfigError(
+                f"weighting.on: '{self.name}' works on the shared representation only; use on: representation"
+            )
+
+    def aggregate(self, grads: Tensor, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
+        """``(direction, weights)`` from the float32 Jacobian ``grads`` (losses × dimensions).
+
+        ``direction`` replaces the summed gradient of the shared part; ``weights`` are what is logged
+        (the coefficients of the rows when the direction is a combination of them).
+        """
+        raise NotImplementedError
+
+    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
+        values = torch.stack([losses[n] for n in self.loss_names])
+        if self.config.on == "representation":
+            shared = context.shared
+            if shared is None:
+                raise ConfigError(
+                    f"weighting '{self.name}' with on: representation needs the shared representation, which this "
+                    "step does not have (an architecture without one, or multi-input data): use on: parameters"
+                )
+            grads = jacobian(values, [shared]).float()
+        else:
+            shared_params = [p for p in context.shared_parameters if p.requires_grad]
+            if not shared_params:  # nothing shared (towers, a frozen body): no conflict to balance
+                values.sum().backward()
+                return self.named(torch.ones_like(values))
+            grads = jacobian(values, shared_params)
+        direction, weights = self.aggregate(grads, values.detach().float(), context)
+        if not bool(torch.isfinite(direction).all()):
+            raise SolverError(
+                f"weighting '{self.name}' produced a non-finite direction at step {context.step + 1} "
+                f"(losses {values.detach().tolist()}); check the losses, or lower the learning rate"
+            )
+        others = [p for p in context.other_parameters if p.requires_grad]
+        if others:  # heads, gates, a method's modules: the plain gradient of the losses they serve
+            torch.autograd.backward(values.sum(), inputs=others, retain_graph=True)
+        if self.config.on == "representation":
+            shared = context.shared
+            torch.autograd.backward(
+                shared,
+                direction.view_as(shared).to(shared.dtype),
+                inputs=[p for p in context.shared_parameters if p.requires_grad],
+            )
+        else:
+            write_gradient(shared_params, direction)
+        return self.named(weights)
+
+
+def jacobian(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+    """The gradient of every loss with respect to ``inputs``, flattened: a (losses × dimensions) matrix.
+
+    One batched backward pass (``is_grads_batched``) when autograd supports it for the graph, else one
+    pass per loss. The graph is kept for the backward passes that follow.
+    """
+    k = losses.numel()
+    eye = torch.eye(k, device=losses.device, dtype=losses.dtype)
+    try:
+        grads = torch.autograd.grad(
+            losses,
+            inputs,
+            grad_outputs=eye,
+            retain_graph=True,
+            is_grads_batched=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return torch.cat([g.reshape(k, -1) for g in grads], dim=1)
+    except RuntimeError as exc:  # an op without a batching rule: fall back to one pass per loss
+        log.debug("batched Jacobian unavailable (%s); one backward pass per loss", exc)
+    rows = []
+    for i in range(k):
+        grads = torch.autograd.grad(
+            losses[i], inputs, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+def write_gradient(params: Sequence[nn.Parameter], direction: Tensor) -> None:
+    """Add the flat ``direction`` to the parameters' gradients (adding: gradient accumulation)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        piece = direction[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = piece.clone() if p.grad is None else p.grad + piece
+        offset += n

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
 from crosstask.errors import ConfigError, suggest
 from crosstask.registry import WEIGHTINGS, ComponentConfig
-from crosstask.weighting.base import BalanceContext, Weighting
+from crosstask.weighting.base import BalanceContext, LossWeighting
 
 
 class StaticConfig(ComponentConfig):
@@ -29,7 +30,7 @@ class StaticConfig(ComponentConfig):
 
 
 @WEIGHTINGS.register("static", config=StaticConfig)
-class Static(Weighting):
+class Static(LossWeighting):
     """Fixed weights per loss name: λ1·L_source + λ2·L_target, or Σ αi·L_i."""
 
     config: StaticConfig
@@ -42,9 +43,10 @@ class Static(Weighting):
                     f"weighting.weights.{name}: the method produces no loss '{name}'.{suggest(name, self.loss_names)} "
                     f"Its losses: {', '.join(self.loss_names)}"
                 )
-        self.weights = {n: float(config.weights.get(n, config.default)) for n in self.loss_names}
+        self.weights = [float(config.weights.get(n, config.default)) for n in self.loss_names]
+        self._tensor: Tensor | None = None
 
-    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, float]:
-        total = sum(self.weights[name] * loss for name, loss in losses.items())
-        total.backward()
-        return self.weights
+    def combine(self, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
+        if self._tensor is None or self._tensor.device != losses.device:
+            self._tensor = torch.tensor(self.weights, device=losses.device)
+        return (self._tensor * losses).sum(), self._tensor

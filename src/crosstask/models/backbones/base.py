@@ -47,6 +47,15 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)
 
+    def stages(self) -> list[nn.Module]:
+        """Modules that, applied in turn, compute ``forward_features``: the points where architectures such
+        as cross-stitch, MTAN and PLE mix or attend between tasks.
+
+        They are views of the backbone's own modules: keep the backbone registered and hold the stages in a
+        plain list. The default is one stage, the whole backbone.
+        """
+        return [Lambda(self.forward_features)]
+
     def layer_names(self) -> list[str]:
         """Names of the layers, input to output, that ``freeze_until`` may name."""
         return [
@@ -71,6 +80,17 @@ class Backbone(nn.Module):
     def load_pretrained(self, weights: str) -> None:
         """Load weights from a local file (a state dict, possibly nested under 'state_dict' or 'model')."""
         load_state_file(self, weights)
+
+
+class Lambda(nn.Module):
+    """A module calling a function (a stage made of a bound method; holds no parameters of its own)."""
+
+    def __init__(self, fn: Any):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
 
 
 class ModuleBackbone(Backbone):

@@ -34,6 +34,9 @@ class LeNet(Backbone):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.fc(self.conv2(self.conv1(x)))
 
+    def stages(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2, self.fc]
+
 
 @BACKBONES.register("lenet", config=LeNetConfig)
 def build_lenet(config: LeNetConfig, input_shape: tuple[int, ...] | None) -> LeNet:

@@ -51,6 +51,12 @@ class MLP(Backbone):
             x = layer(x)
         return x
 
+    def stages(self) -> list[nn.Module]:
+        layers = list(self.children())
+        if not layers:
+            return [nn.Flatten()]
+        return [nn.Sequential(nn.Flatten(), layers[0]), *layers[1:]]
+
 
 @BACKBONES.register("mlp", config=MLPConfig)
 def build_mlp(config: MLPConfig, input_shape: tuple[int, ...] | None) -> MLP:

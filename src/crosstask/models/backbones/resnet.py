@@ -63,6 +63,17 @@ class ResNet(Backbone):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
+    def stages(self) -> list[nn.Module]:
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [
+            stem,
+            self.layer1,
+            self.layer2,
+            self.layer3,
+            self.layer4,
+            nn.Sequential(self.avgpool, nn.Flatten()),
+        ]
+
     def load_pretrained(self, weights: str) -> None:
         import torchvision
 
