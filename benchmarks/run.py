@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", help=f"one of {', '.join(suite_names())}, or all")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the suite's)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (results marked as quick)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only these methods (suites that compare methods; e.g. to split a suite across processes)",
+    )
     args = parser.parse_args(argv)
     names = suite_names() if args.suite == "all" else [args.suite]
     unknown = [n for n in names if n not in suite_names()]
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("crosstask").setLevel(logging.WARNING)
     for name in names:
         module = importlib.import_module(f"benchmarks.suites.{name}")
-        options = {"seeds": args.seeds or module.SEEDS, "quick": args.quick}
+        options = {"seeds": args.seeds or module.SEEDS, "quick": args.quick, "methods": args.methods}
         started = time.perf_counter()
         records = module.run(options)
         options["minutes"] = round((time.perf_counter() - started) / 60, 1)

@@ -250,3 +250,30 @@ def test_task_label_key_maps_dataset_labels() -> None:
     batch = next(Stream(Domain("s", ds), [task], 8))
     assert set(batch.y) == {"is_odd"}
     assert np.isin(batch.y["is_odd"].numpy(), [0, 1]).all()
+
+
+@pytest.mark.data
+def test_multimnist_follows_the_sener_koltun_construction(data_root: Path) -> None:
+    need(data_root, "mnist")
+    from crosstask.data.datasets.mnist import read_idx
+
+    test = load_dataset({"name": "multimnist", "split": "test"}, data_root)
+    assert len(test) == 10000 and test.x.shape[1:] == (1, 28, 28) and set(test.y) == {"left", "right"}
+    labels = torch.from_numpy(read_idx(data_root / "mnist" / "t10k-labels-idx1-ubyte.gz").astype("int64"))
+    assert torch.equal(test.y["left"], labels)  # the left digit is the MNIST image itself
+    again = load_dataset({"name": "multimnist", "split": "test"}, data_root)
+    assert torch.equal(again.y["right"], test.y["right"])
+    other = load_dataset({"name": "multimnist", "split": "test", "pair_seed": 1}, data_root)
+    assert not torch.equal(other.y["right"], test.y["right"])
+
+
+def test_overlay_puts_the_digits_top_left_and_bottom_right() -> None:
+    from crosstask.data.datasets.multimnist import overlay
+
+    left = torch.zeros(1, 28, 28, dtype=torch.uint8).numpy()
+    right = left.copy()
+    left[0, 0:4, 0:4] = 255  # a blob in the top-left corner of the left digit
+    right[0, 24:28, 24:28] = 255  # a blob in the bottom-right corner of the right digit
+    image = overlay(left, right)[0, 0]
+    assert image[:4, :4].max() == 1 and image[-5:, -5:].max() == 1
+    assert image[-5:, :5].sum() == 0 and image[:5, -5:].sum() == 0

@@ -69,6 +69,10 @@ def run(
         Path | None, typer.Option(help="use this run directory instead of output_dir/name")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and the results")] = False,
+    baselines: Annotated[
+        bool,
+        typer.Option("--baselines", help="also train each task alone from the same config and report Δm%"),
+    ] = False,
 ) -> None:
     """Train an experiment; writes config.yaml, metrics.jsonl, summary.json and checkpoints to its run directory."""
     from crosstask.engine.logging import default_progress
@@ -76,7 +80,12 @@ def run(
 
     _setup_logging(quiet)
     result = run_experiment(
-        config, overrides or [], resume=resume, run_dir=run_dir, progress=default_progress()
+        config,
+        overrides or [],
+        resume=resume,
+        run_dir=run_dir,
+        progress=default_progress(),
+        baselines=baselines,
     )
     summary = result.summary
     if summary["final"]:
@@ -90,6 +99,9 @@ def run(
         console.print(
             f"best {best['metric']} = {best['value']:.2f} at step {best['step']} (checkpoints/best.pt)"
         )
+    if "delta_m" in summary:
+        console.print(metrics_table("single-task baselines (final)", summary["baselines"]))
+        console.print(f"Δm% against the single-task baselines: {summary['delta_m']:+.2f} (lower is better)")
     console.print(f"run directory: {result.run_dir}", highlight=False)
 
 

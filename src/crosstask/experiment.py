@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     model: MultiTaskModel
+    baselines: dict[str, RunResult] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -231,12 +232,15 @@ def run(
     resume: bool = False,
     run_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    baselines: bool = False,
 ) -> RunResult:
     """Run an experiment from a YAML path, a config mapping or an :class:`Experiment`.
 
     The resolved config is saved as ``config.yaml`` in the run directory (``output_dir/name``, or
-    ``name-1``, ... when that exists). ``resume=True`` continues ``output_dir/name`` (or ``run_dir``) from its
-    last checkpoint; its saved config must match except for ``train.steps``.
+    ``name-1``, ... when that exists). ``resume=True`` continues the latest ``output_dir/name[-N]`` (or
+    ``run_dir``) from its last checkpoint; its saved config must match except for ``train.steps``.
+    ``baselines=True`` also trains every task alone from the same config (``<run dir>/baselines/<task>``) and
+    adds Δm% (lower is better) and the baselines' metrics to the summary (see :mod:`crosstask.baselines`).
     """
     if isinstance(config, str | os.PathLike):
         experiment = load_config(config, overrides)
@@ -258,7 +262,7 @@ def run(
         else RunDir.create(experiment.output_dir, experiment.name, resume=resume)
     )
     _save_config(directory, experiment.model_dump(mode="json"), resume)
-    return train(
+    result = train(
         model,
         train_domains=train_domains,
         eval_domains=eval_domains,
@@ -275,6 +279,13 @@ def run(
         resume=resume,
         progress=progress,
     )
+    if baselines:
+        from crosstask.baselines import baseline_summary, run_baselines
+
+        result.baselines = run_baselines(experiment, directory, resume=resume, progress=progress)
+        result.summary.update(baseline_summary(result.metrics, result.baselines))
+        directory.write_json(directory.summary, result.summary)
+    return result
 
 
 def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> None:

@@ -28,10 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """Inputs and, for labeled streams, a dict of labels by task name."""
+    """Inputs and, for labeled streams, a dict of labels by task name.
+
+    ``complete`` names the tasks whose labels are known to have no missing values (checked once on the
+    labels held in memory), so that their losses skip the masking.
+    """
 
     x: Tensor
     y: dict[str, Tensor] = field(default_factory=dict)
+    complete: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.x)
@@ -48,6 +53,7 @@ class LabelReader:
         self.domain = domain.name
         wanted = [t for t in tasks if domain.tasks is None or t.name in domain.tasks]
         self.keys: dict[str, str | None] = {}
+        self.complete: frozenset[str] = frozenset()
         if not labeled or len(domain.dataset) == 0:
             return
         sample = domain.dataset[0]
@@ -78,27 +84,34 @@ class LabelReader:
                 f"{', '.join(t.name for t in wanted)}; give the domain one task (tasks: [...]) or return "
                 "(x, {task: y}) samples"
             )
-        self._check_classes(domain, wanted, y)
+        self._check_labels(domain, wanted, y)
 
-    def _check_classes(self, domain: Domain, tasks: list[Task], first: Any) -> None:
-        """Class labels must lie in [-1, num_classes): checked on all labels held in memory, else the first."""
+    def _check_labels(self, domain: Domain, tasks: list[Task], first: Any) -> None:
+        """Class labels must lie in [-1, num_classes): checked on all labels held in memory, else the first.
+        Tasks whose in-memory labels have no missing value are recorded as complete."""
         targets = getattr(domain.dataset, "targets", None)
+        complete = set()
         for task in tasks:
-            if task.kind != "classification":
-                continue
             key = self.keys[task.name]
             labels = targets if targets is not None else first
             if isinstance(labels, Mapping):
-                labels = labels[key] if key is not None else None
+                labels = labels.get(key) if key is not None else None
             if labels is None:
                 continue
             labels = torch.as_tensor(labels)
+            if targets is not None and labels.numel():
+                missing = torch.isnan(labels).any() if labels.is_floating_point() else (labels < 0).any()
+                if not bool(missing):
+                    complete.add(task.name)
+            if task.kind != "classification":
+                continue
             if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) >= task.num_classes):
                 raise DataError(
                     f"domain '{domain.name}': task '{task.name}' has num_classes {task.num_classes} but its labels "
                     f"range over {int(labels.min())}..{int(labels.max())}; set num_classes to cover them "
                     "(labels are 0..num_classes-1, -1 for missing)"
                 )
+        self.complete = frozenset(complete)
 
     def __call__(self, y: Any) -> dict[str, Tensor]:
         return {task: (y if key is None else y[key]) for task, key in self.keys.items()}
@@ -205,6 +218,7 @@ class Stream:
         return Batch(
             as_input(x).to(self.device, non_blocking=non_blocking),
             {k: v.to(self.device, non_blocking=non_blocking) for k, v in y.items()},
+            self.labels.complete,
         )
 
     def state_dict(self) -> dict[str, int]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from crosstask.registry import LOSSES, METRICS, NAME_PATTERN, StrictModel
+from crosstask.registry import LOSSES, METRICS, StrictModel
 
 TaskKind = Literal["classification", "multilabel", "regression"]
 
@@ -34,7 +34,7 @@ class Task(StrictModel):
     Missing labels are allowed: ``-1`` for a class index, ``NaN`` for multilabel and regression targets.
     """
 
-    name: str = Field(min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$", description="letters, digits, '_' and '-'")
     kind: TaskKind = "classification"
     num_classes: int | None = Field(default=None, ge=2)
     outputs: int | None = Field(default=None, ge=1)

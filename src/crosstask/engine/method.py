@@ -95,7 +95,9 @@ class Method:
             data = batch[spec.name]
             output = self.model.forward_all(data.x)
             for task in spec.tasks:
-                losses[spec.name, task] = task_loss(self.tasks[task], output.outputs[task], data.y[task])
+                losses[spec.name, task] = task_loss(
+                    self.tasks[task], output.outputs[task], data.y[task], masked=task not in data.complete
+                )
             shared = output.shared if len(streams) == 1 else None
         return losses, shared
 

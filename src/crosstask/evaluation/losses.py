@@ -1,4 +1,5 @@
-"""Per-task losses. Missing labels (class -1, target NaN) are masked out without a host synchronisation."""
+"""Per-task losses. Missing labels (class -1, target NaN) are masked out without a host synchronisation; when
+the labels are known to be complete (``masked=False``), the plain loss is computed."""
 
 from __future__ import annotations
 
@@ -27,42 +28,53 @@ def _real_targets(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+def cross_entropy(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Softmax cross-entropy over class logits; class index -1 marks a missing label."""
+    if not masked:
+        return F.cross_entropy(output.float(), target.long())
     mask = target >= 0
     per_sample = F.cross_entropy(output.float(), target.clamp_min(0).long(), reduction="none")
     return _masked_mean(per_sample, mask)
 
 
 @LOSSES.register("bce")
-def binary_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+def binary_cross_entropy(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Sigmoid binary cross-entropy per label (multilabel); NaN marks a missing label."""
+    if not masked:
+        return F.binary_cross_entropy_with_logits(output.float(), target.reshape(output.shape).float())
     target, mask = _real_targets(output.float(), target)
     per_label = F.binary_cross_entropy_with_logits(output.float(), target, reduction="none")
     return _masked_mean(per_label, mask)
 
 
 @LOSSES.register("mse")
-def mean_squared_error(output: Tensor, target: Tensor) -> Tensor:
+def mean_squared_error(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Mean squared error; NaN marks a missing target."""
+    if not masked:
+        return F.mse_loss(output.float(), target.reshape(output.shape).float())
     target, mask = _real_targets(output.float(), target)
     return _masked_mean((output.float() - target) ** 2, mask)
 
 
 @LOSSES.register("l1")
-def mean_absolute_error(output: Tensor, target: Tensor) -> Tensor:
+def mean_absolute_error(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Mean absolute error; NaN marks a missing target."""
+    if not masked:
+        return F.l1_loss(output.float(), target.reshape(output.shape).float())
     target, mask = _real_targets(output.float(), target)
     return _masked_mean((output.float() - target).abs(), mask)
 
 
 @LOSSES.register("huber")
-def huber(output: Tensor, target: Tensor) -> Tensor:
+def huber(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Huber loss with delta 1 (smooth L1); NaN marks a missing target."""
+    if not masked:
+        return F.huber_loss(output.float(), target.reshape(output.shape).float(), delta=1.0)
     target, mask = _real_targets(output.float(), target)
     return _masked_mean(F.huber_loss(output.float(), target, reduction="none", delta=1.0), mask)
 
 
-def task_loss(task: Any, output: Tensor, target: Tensor) -> Tensor:
-    """The loss of ``task`` (its ``loss`` or the default for its kind) on one batch."""
-    return LOSSES.get(task.loss_name).obj(output, target)
+def task_loss(task: Any, output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
+    """The loss of ``task`` (its ``loss`` or the default for its kind) on one batch; ``masked=False`` when the
+    labels are known to be complete (skips the masking of missing labels)."""
+    return LOSSES.get(task.loss_name).obj(output, target, masked)

@@ -126,6 +126,18 @@ class MultiTaskModel(nn.Module):
         )
         self._squeeze = {t.name for t in self.tasks if t.kind == "regression" and t.num_outputs == 1}
         self._frozen: list[nn.Module] = []
+        self._materialize()
+
+    def _materialize(self) -> None:
+        """Size lazily built layers (gates reading the input) with one dry forward pass, when the input shape
+        is known, so that the model has all its parameters before optimizers and checkpoints see it."""
+        lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters())
+        if lazy and self.input_shape is not None:
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                self.forward_all(torch.zeros(2, *self.input_shape))
+            self.train(was_training)
 
     # ------------------------------------------------------------------ forward
 
@@ -244,6 +256,10 @@ class MultiTaskModel(nn.Module):
 
     def load_matching(self, state: Mapping[str, Tensor], source: str = "checkpoint") -> list[str]:
         """Load the tensors whose name and shape match; returns the names loaded. None matching is an error."""
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
+            raise RunError(
+                f"{source}: this model has layers sized by the first input; pass input_shape= to build it"
+            )
         own = self.state_dict()
         matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         if not matched:

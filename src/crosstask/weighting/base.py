@@ -41,6 +41,8 @@ class BalanceContext:
     the shared representation of this step, when the model has one and the data is single-input. With
     gradient accumulation, ``backward`` runs once per micro-batch: ``micro_step`` counts them
     (0 .. ``accumulate`` - 1) within optimizer step ``step``, so stateful weightings update once per step.
+    The losses a weighting receives are then already divided by ``accumulate`` (so that the micro-batches'
+    gradients add up to the step's); a weighting that is not linear in the losses multiplies them back.
     """
 
     step: int
@@ -154,39 +156,116 @@ class GradientWeighting(Weighting):
 
     def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
         values = torch.stack([losses[n] for n in self.loss_names])
-        if self.config.on == "representation":
-            shared = context.shared
-            if shared is None:
-                raise ConfigError(
-                    f"weighting '{self.name}' with on: representation needs the shared representation, which this "
-                    "step does not have (an architecture without one, or multi-input data): use on: parameters"
-                )
-            grads = jacobian(values, [shared]).float()
-        else:
-            shared_params = [p for p in context.shared_parameters if p.requires_grad]
-            if not shared_params:  # nothing shared (towers, a frozen body): no conflict to balance
-                values.sum().backward()
-                return self.named(torch.ones_like(values))
-            grads = jacobian(values, shared_params)
+        others = [p for p in context.other_parameters if p.requires_grad]
+        found = per_loss_gradients(values, context, self.config.on, others, self.name)
+        if found is None:  # nothing shared (towers, a frozen body): no conflict to balance
+            values.sum().backward()
+            return self.named(torch.ones_like(values))
+        grads, targets = found
         direction, weights = self.aggregate(grads, values.detach().float(), context)
         if not bool(torch.isfinite(direction).all()):
             raise SolverError(
                 f"weighting '{self.name}' produced a non-finite direction at step {context.step + 1} "
                 f"(losses {values.detach().tolist()}); check the losses, or lower the learning rate"
             )
-        others = [p for p in context.other_parameters if p.requires_grad]
-        if others:  # heads, gates, a method's modules: the plain gradient of the losses they serve
-            torch.autograd.backward(values.sum(), inputs=others, retain_graph=True)
-        if self.config.on == "representation":
-            shared = context.shared
-            torch.autograd.backward(
-                shared,
-                direction.view_as(shared).to(shared.dtype),
-                inputs=[p for p in context.shared_parameters if p.requires_grad],
-            )
-        else:
-            write_gradient(shared_params, direction)
+        apply_direction(direction, targets, context)
         return self.named(weights)
+
+
+def per_loss_gradients(
+    values: Tensor,
+    context: BalanceContext,
+    on: str,
+    others: Sequence[nn.Parameter] = (),
+    what: str = "weighting",
+) -> tuple[Tensor, list[Tensor]] | None:
+    """The float32 Jacobian of the losses (one row per loss) on the shared parameters (``on: parameters``) or on
+    the shared representation (``on: representation``), and the tensors it is taken on; ``None`` when the
+    model shares nothing trainable. The plain gradient of the summed losses goes to ``others`` on the way.
+
+    With a shared representation ``z`` the work is split as in Jacobian descent (Quinton & Rey 2024): one
+    backward pass per loss through its own head only gives ``∂L_i/∂z`` (and the heads' gradients), then on
+    parameters one batched backward pass from ``z`` through the shared encoder. Without one, one batched
+    backward pass per loss through the whole graph.
+    """
+    shared_params = [p for p in context.shared_parameters if p.requires_grad]
+    shared = context.shared
+    if on == "representation" and shared is None:
+        raise ConfigError(
+            f"weighting '{what}' with on: representation needs the shared representation, which this step does "
+            "not have (an architecture without one, or multi-input data): use on: parameters"
+        )
+    if not shared_params or (shared is not None and not shared.requires_grad):
+        return None
+    if shared is None:
+        rows = jacobian(values, shared_params)
+        if others:
+            torch.autograd.backward(values.sum(), inputs=list(others), retain_graph=True)
+        return rows, shared_params
+    heads = _through_representation(values, shared, others)
+    if on == "representation":
+        return heads.flatten(1).float(), [shared]
+    return _encoder_jacobian(shared, shared_params, heads), shared_params
+
+
+def _through_representation(values: Tensor, shared: Tensor, others: Sequence[nn.Parameter]) -> Tensor:
+    """``∂L_i/∂z`` for every loss (stacked) by one pass per loss through its own head; the others' gradients are
+    summed over the losses and added to their ``.grad``."""
+    rows, sums = [], [None] * len(others)
+    for i in range(values.numel()):
+        grads = torch.autograd.grad(values[i], [shared, *others], retain_graph=True, allow_unused=True)
+        rows.append(grads[0] if grads[0] is not None else torch.zeros_like(shared))
+        for j, g in enumerate(grads[1:]):
+            if g is not None:
+                sums[j] = g if sums[j] is None else sums[j] + g
+    for p, g in zip(others, sums, strict=True):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+    return torch.stack(rows)
+
+
+def _encoder_jacobian(shared: Tensor, params: Sequence[nn.Parameter], cotangents: Tensor) -> Tensor:
+    """Rows ``(∂z/∂θ)ᵀ c_i`` for every cotangent ``c_i``: one batched backward pass through the encoder."""
+    k = cotangents.shape[0]
+    try:
+        grads = torch.autograd.grad(
+            shared,
+            params,
+            grad_outputs=cotangents,
+            retain_graph=True,
+            is_grads_batched=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return torch.cat([g.reshape(k, -1) for g in grads], dim=1).float()
+    except RuntimeError as exc:  # an op without a batching rule: one pass per loss
+        log.debug("batched encoder Jacobian unavailable (%s); one backward pass per loss", exc)
+    rows = []
+    for i in range(k):
+        grads = torch.autograd.grad(
+            shared,
+            params,
+            grad_outputs=cotangents[i],
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows).float()
+
+
+def apply_direction(direction: Tensor, targets: Sequence[Tensor], context: BalanceContext) -> None:
+    """Put the aggregated direction on the shared part: directly on the parameters, or backpropagated from the
+    shared representation through the encoder."""
+    if len(targets) == 1 and targets[0] is context.shared:
+        shared = context.shared
+        torch.autograd.backward(
+            shared,
+            direction.view_as(shared).to(shared.dtype),
+            inputs=[p for p in context.shared_parameters if p.requires_grad],
+        )
+    else:
+        write_gradient(targets, direction)
 
 
 def jacobian(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:

@@ -1,13 +1,16 @@
-"""LeNet as used by the Transfer-Learning-Library for digits (LeCun et al. 1998, widths 20/50/500).
+"""LeNet (LeCun et al. 1998) as the digits benchmarks use it.
 
-conv 5x5 (20) -> max-pool -> ReLU -> conv 5x5 (50) -> Dropout2d -> max-pool -> ReLU -> flatten ->
-Linear (500) -> ReLU -> Dropout. 500 features; any channel count and input size (28x28 in the digits
-benchmarks).
+conv 5x5 (c1) -> max-pool -> ReLU -> conv 5x5 (c2) -> Dropout2d -> max-pool -> ReLU -> flatten ->
+Linear (features) -> ReLU -> Dropout. The defaults (20/50/500, dropout 0.5) are the Transfer-Learning-Library's
+digits LeNet; ``channels: [10, 20], features: 50, fc_dropout: 0`` is the MultiMNIST encoder of Sener &
+Koltun (2018). Any channel count and input size of at least 16x16.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Annotated
+
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -17,18 +20,37 @@ from crosstask.registry import BACKBONES
 
 
 class LeNetConfig(BackboneConfig):
-    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    channels: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        default=(20, 50), description="output channels of the two convolutions"
+    )
     features: int = Field(default=500, ge=1, description="width of the fully connected feature layer")
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0, description="Dropout2d after the second convolution")
+    fc_dropout: float | None = Field(
+        default=None, ge=0.0, lt=1.0, description="after the features (default: dropout)"
+    )
 
 
 class LeNet(Backbone):
-    def __init__(self, in_channels: int, height: int, width: int, dropout: float = 0.5, features: int = 500):
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        dropout: float = 0.5,
+        features: int = 500,
+        channels: tuple[int, int] = (20, 50),
+        fc_dropout: float | None = None,
+    ):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 20, 5), nn.MaxPool2d(2), nn.ReLU())
-        self.conv2 = nn.Sequential(nn.Conv2d(20, 50, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU())
+        c1, c2 = channels
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, c1, 5), nn.MaxPool2d(2), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU())
         with torch.no_grad():
             flat = self.conv2(self.conv1(torch.zeros(1, in_channels, height, width))).numel()
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, features), nn.ReLU(), nn.Dropout(dropout))
+        last = dropout if fc_dropout is None else fc_dropout
+        self.fc = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, features), nn.ReLU(), *([nn.Dropout(last)] if last else [])
+        )
         self.num_features = features
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -40,10 +62,12 @@ class LeNet(Backbone):
 
 @BACKBONES.register("lenet", config=LeNetConfig)
 def build_lenet(config: LeNetConfig, input_shape: tuple[int, ...] | None) -> LeNet:
-    """LeNet (20-50-500) for small images such as MNIST and USPS; layers conv1, conv2, fc."""
+    """LeNet for small images such as MNIST and USPS (default 20-50-500); layers conv1, conv2, fc."""
     shape = require_shape(input_shape, "lenet", rank=3)
     if min(shape[1:]) < 16:
         raise ConfigError(
             f"lenet needs images of at least 16x16 pixels, got shape {tuple(shape)}; resize them (size: 28)"
         )
-    return LeNet(shape[0], shape[1], shape[2], config.dropout, config.features)
+    return LeNet(
+        shape[0], shape[1], shape[2], config.dropout, config.features, config.channels, config.fc_dropout
+    )
