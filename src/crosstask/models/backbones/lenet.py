@@ -8,9 +8,9 @@ Koltun (2018). Any channel count and input size of at least 16x16.
 
 from __future__ import annotations
 
-import torch
 from typing import Annotated
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
