@@ -155,9 +155,10 @@ class GradientWeighting(Weighting):
         raise NotImplementedError
 
     def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
-        values = torch.stack([losses[n] for n in self.loss_names])
+        separate = [losses[n] for n in self.loss_names]
+        values = torch.stack(separate)
         others = [p for p in context.other_parameters if p.requires_grad]
-        found = per_loss_gradients(values, context, self.config.on, others, self.name)
+        found = per_loss_gradients(separate, context, self.config.on, others, self.name)
         if found is None:  # nothing shared (towers, a frozen body): no conflict to balance
             values.sum().backward()
             return self.named(torch.ones_like(values))
@@ -173,7 +174,7 @@ class GradientWeighting(Weighting):
 
 
 def per_loss_gradients(
-    values: Tensor,
+    losses: Sequence[Tensor],
     context: BalanceContext,
     on: str,
     others: Sequence[nn.Parameter] = (),
@@ -186,7 +187,8 @@ def per_loss_gradients(
     With a shared representation ``z`` the work is split as in Jacobian descent (Quinton & Rey 2024): one
     backward pass per loss through its own head only gives ``∂L_i/∂z`` (and the heads' gradients), then on
     parameters one batched backward pass from ``z`` through the shared encoder. Without one, one batched
-    backward pass per loss through the whole graph.
+    backward pass per loss through the whole graph. The losses are passed separately, not stacked: a pass
+    from one element of a stacked vector would walk every loss's graph with zero gradients.
     """
     shared_params = [p for p in context.shared_parameters if p.requires_grad]
     shared = context.shared
@@ -198,22 +200,25 @@ def per_loss_gradients(
     if not shared_params or (shared is not None and not shared.requires_grad):
         return None
     if shared is None:
+        values = torch.stack(list(losses))
         rows = jacobian(values, shared_params)
         if others:
             torch.autograd.backward(values.sum(), inputs=list(others), retain_graph=True)
         return rows, shared_params
-    heads = _through_representation(values, shared, others)
+    heads = _through_representation(losses, shared, others)
     if on == "representation":
         return heads.flatten(1).float(), [shared]
     return _encoder_jacobian(shared, shared_params, heads), shared_params
 
 
-def _through_representation(values: Tensor, shared: Tensor, others: Sequence[nn.Parameter]) -> Tensor:
+def _through_representation(
+    losses: Sequence[Tensor], shared: Tensor, others: Sequence[nn.Parameter]
+) -> Tensor:
     """``∂L_i/∂z`` for every loss (stacked) by one pass per loss through its own head; the others' gradients are
     summed over the losses and added to their ``.grad``."""
     rows, sums = [], [None] * len(others)
-    for i in range(values.numel()):
-        grads = torch.autograd.grad(values[i], [shared, *others], retain_graph=True, allow_unused=True)
+    for loss in losses:
+        grads = torch.autograd.grad(loss, [shared, *others], retain_graph=True, allow_unused=True)
         rows.append(grads[0] if grads[0] is not None else torch.zeros_like(shared))
         for j, g in enumerate(grads[1:]):
             if g is not None:

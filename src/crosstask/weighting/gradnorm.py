@@ -66,7 +66,9 @@ class GradNorm(Weighting):
     def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
         values = self.stack(losses)
         self.weights = self.weights.to(values.device)
-        found = per_loss_gradients(values, context, self.config.on, what=self.name)
+        found = per_loss_gradients(
+            [losses[n] for n in self.loss_names], context, self.config.on, what=self.name
+        )
         norms = found[0].norm(dim=1).detach() if found is not None else None
         applied = self.weights.clone()
         (applied * values).sum().backward()

@@ -9,6 +9,7 @@ logged weights are the coefficients of the direction, ``Σ_i C_i``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,15 +19,18 @@ from crosstask.weighting.solvers import gram
 
 
 def pcgrad_coefficients(m: Tensor, orders: list[list[int]]) -> Tensor:
-    """Coefficients ``C`` (K × K) of the projected gradients given the Gram matrix and each row's order."""
-    k = m.shape[0]
-    coefficients = torch.eye(k, dtype=m.dtype)
+    """Coefficients ``C`` (K × K) of the projected gradients given the Gram matrix and each row's order
+    (numpy: K² small sequential steps, cheaper than as tensor operations)."""
+    gram = m.double().numpy()
+    k = gram.shape[0]
+    coefficients = np.eye(k)
     for i in range(k):
+        row = coefficients[i]
         for j in orders[i]:
-            dot = coefficients[i] @ m[:, j]
-            if dot < 0 and m[j, j] > 0:
-                coefficients[i, j] -= dot / m[j, j]
-    return coefficients
+            dot = row @ gram[:, j]
+            if dot < 0 and gram[j, j] > 0:
+                row[j] -= dot / gram[j, j]
+    return torch.from_numpy(coefficients)
 
 
 @WEIGHTINGS.register("pcgrad", config=GradientWeightingConfig)

@@ -13,9 +13,13 @@ from crosstask.errors import SolverError
 
 
 def gram(grads: Tensor) -> Tensor:
-    """``G Gᵀ`` in float64 on the CPU (one host transfer of a K × K matrix)."""
-    g = grads.double()
-    return (g @ g.T).cpu()
+    """``G Gᵀ`` as float64 on the CPU (one host transfer of a K × K matrix), for the solvers.
+
+    The product itself runs in the gradients' precision: a single-precision product over model-sized rows is
+    5-10x faster than a double one and its rounding (relative ~1e-7) is far below what the weightings resolve.
+    """
+    g = grads if grads.dtype == torch.float64 else grads.float()
+    return (g @ g.T).double().cpu()
 
 
 def project_simplex(v: Tensor) -> Tensor:
