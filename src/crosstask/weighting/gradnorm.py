@@ -32,7 +32,13 @@ from torch import Tensor
 
 from crosstask.errors import SolverError
 from crosstask.registry import WEIGHTINGS
-from crosstask.weighting.base import BalanceContext, GradientWeightingConfig, Weighting, per_loss_gradients
+from crosstask.weighting.base import (
+    BalanceContext,
+    GradientWeightingConfig,
+    Weighting,
+    apply_direction,
+    per_loss_gradients,
+)
 
 MIN_WEIGHT = 1e-6
 
@@ -66,14 +72,18 @@ class GradNorm(Weighting):
     def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
         values = self.stack(losses)
         self.weights = self.weights.to(values.device)
-        found = per_loss_gradients(
-            [losses[n] for n in self.loss_names], context, self.config.on, what=self.name
-        )
-        norms = found[0].norm(dim=1).detach() if found is not None else None
         applied = self.weights.clone()
-        (applied * values).sum().backward()
-        if norms is None:  # nothing shared: no gradient norms to balance
+        weighted = [w * losses[n] for w, n in zip(applied, self.loss_names, strict=True)]
+        others = [p for p in context.other_parameters if p.requires_grad]
+        # the rows are the weighted gradients w_i·g_i: their sum is the training gradient of the shared part,
+        # the heads get Σ w_i ∇L_i on the way, and no second backward pass is needed
+        found = per_loss_gradients(weighted, context, self.config.on, others, self.name)
+        if found is None:  # nothing shared: no gradient norms to balance
+            torch.stack(weighted).sum().backward()
             return self.named(applied)
+        rows, targets = found
+        apply_direction(rows.sum(dim=0), targets, context)
+        norms = rows.norm(dim=1).detach() / applied.to(rows.device).clamp_min(MIN_WEIGHT)
         if context.micro_step == 0:
             self._norms = torch.zeros_like(norms)
             self._losses = torch.zeros_like(norms)
