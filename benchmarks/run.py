@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only these methods (suites that compare methods; e.g. to split a suite across processes)",
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="shorten every training run to this many steps (suites that train)",
+    )
     args = parser.parse_args(argv)
     names = suite_names() if args.suite == "all" else [args.suite]
     unknown = [n for n in names if n not in suite_names()]
@@ -44,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("crosstask").setLevel(logging.WARNING)
     for name in names:
         module = importlib.import_module(f"benchmarks.suites.{name}")
-        options = {"seeds": args.seeds or module.SEEDS, "quick": args.quick, "methods": args.methods}
+        options = {
+            "seeds": args.seeds or module.SEEDS,
+            "quick": args.quick,
+            "methods": args.methods,
+            "steps": args.steps,
+        }
         started = time.perf_counter()
         records = module.run(options)
         options["minutes"] = round((time.perf_counter() - started) / 60, 1)

@@ -18,6 +18,9 @@ FAMILIES = [
     "scheduler",
     "loss",
     "metric",
+    "validator",
+    "regularizer",
+    "shallow",
 ]
 
 

@@ -69,7 +69,9 @@ def utility_maximizer(grads: Tensor, alpha: float, radius: float) -> np.ndarray:
         ],
         options={"ftol": 1e-14, "maxiter": 1000},
     )
-    assert result.success, result.message
+    # status 8 ("positive directional derivative for linesearch"): no further progress at machine precision,
+    # which BLAS thread counts can trigger at the optimum; the comparison with the answer still decides
+    assert result.success or result.status == 8, result.message
     return result.x
 
 

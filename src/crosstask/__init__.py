@@ -18,6 +18,7 @@ from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, CrosstaskError, DataError, RunError, TrainingDiverged
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.experiment import RunResult, evaluate_run, fit, run
+from crosstask.lodo import LodoResult, leave_one_domain_out
 from crosstask.models.model import MultiTaskModel, TransferModel
 from crosstask.registry import Registry
 
@@ -31,6 +32,7 @@ __all__ = [
     "Domain",
     "Evaluator",
     "Experiment",
+    "LodoResult",
     "MultiTaskModel",
     "Registry",
     "RunError",
@@ -40,6 +42,7 @@ __all__ = [
     "TransferModel",
     "evaluate_run",
     "fit",
+    "leave_one_domain_out",
     "load_config",
     "load_dataset",
     "run",

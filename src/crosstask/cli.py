@@ -99,10 +99,46 @@ def run(
         console.print(
             f"best {best['metric']} = {best['value']:.2f} at step {best['step']} (checkpoints/best.pt)"
         )
+    for validator, pick in summary.get("validators", {}).items():
+        scored = ", ".join(f"{k} {v:.2f}" for k, v in pick["metrics"].items())
+        console.print(
+            f"validator {validator} ({'higher' if pick['higher_is_better'] else 'lower'} is better) picks step "
+            f"{pick['step']} (score {pick['score']:.4g}; checkpoints/best_{validator}.pt){': ' + scored if scored else ''}",
+            highlight=False,
+        )
     if "delta_m" in summary:
         console.print(metrics_table("single-task baselines (final)", summary["baselines"]))
         console.print(f"Δm% against the single-task baselines: {summary['delta_m']:+.2f} (lower is better)")
     console.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+@app.command()
+def lodo(
+    config: Annotated[
+        Path, typer.Argument(help="experiment YAML file whose data.train holds several labeled domains")
+    ],
+    overrides: Overrides = None,
+    domains: Annotated[
+        str | None,
+        typer.Option(help="comma-separated domains to hold out (default: every labeled domain)"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and the results")] = False,
+) -> None:
+    """Leave-one-domain-out: train once per held-out source domain; report its score and the mean."""
+    from crosstask.engine.logging import default_progress
+    from crosstask.lodo import leave_one_domain_out
+
+    _setup_logging(quiet)
+    held_out = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    result = leave_one_domain_out(config, overrides or [], held_out, progress=default_progress())
+    table = Table(title=f"leave-one-domain-out: {result.metric} on the held-out domain", title_justify="left")
+    table.add_column("held-out domain")
+    table.add_column(result.metric, justify="right")
+    table.add_column("run directory")
+    for row in result.rows:
+        table.add_row(row.domain, f"{row.value:.2f}", str(row.run_dir))
+    table.add_row("mean", f"{result.mean:.2f}", "")
+    console.print(table)
 
 
 @app.command()
@@ -157,13 +193,15 @@ def list_components(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     overrides: Overrides = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last, or a validator's pick: best_<validator> (train.validation)")
+    ] = "best",
 ) -> None:
     """Score a run's checkpoint on its evaluation sets (overrides may add or change data.eval)."""
     from crosstask.experiment import evaluate_run
 
-    if checkpoint not in ("best", "last"):
-        raise typer.BadParameter("--checkpoint must be best or last")
+    if checkpoint not in ("best", "last") and not checkpoint.startswith("best_"):
+        raise typer.BadParameter("--checkpoint must be best, last or best_<validator>")
     _setup_logging(quiet=True)
     metrics = evaluate_run(run_dir, checkpoint, overrides or [])
     console.print(metrics_table(f"{run_dir} ({checkpoint} checkpoint)", metrics))

@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
+from crosstask.models.lora import LoRAConfig
 from crosstask.registry import (
     ARCHITECTURES,
     BACKBONES,
@@ -37,6 +38,7 @@ from crosstask.registry import (
     NAME_PATTERN,
     OPTIMIZERS,
     SCHEDULERS,
+    VALIDATORS,
     WEIGHTINGS,
     ComponentConfig,
     Registry,
@@ -129,12 +131,31 @@ class ModelConfig(StrictModel):
     init_from: Path | None = Field(
         default=None, description="a run directory or checkpoint whose matching weights start this model"
     )
+    lora: LoRAConfig | None = Field(
+        default=None,
+        description="LoRA adapters (needs peft); train them with method: {name: erm, finetune: lora}",
+    )
 
 
 class EarlyStoppingConfig(StrictModel):
     metric: str = Field(description="an evaluation key: <eval domain>/<task>/<metric>")
     patience: int = Field(default=5, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class ValidationConfig(StrictModel):
+    """Model selection without target labels: validators scored at every evaluation."""
+
+    validators: list[component(VALIDATORS)] = Field(
+        min_length=1, description="crosstask list validator: source_accuracy, entropy, snd, dev"
+    )
+    target: str = Field(description="a domain (data.train or data.eval) with target inputs; labels unused")
+    source: str | None = Field(
+        default=None,
+        description="a labeled source validation domain (data.eval), for source_accuracy and dev",
+    )
+    task: str | None = Field(default=None, description="the classification task to validate (default: first)")
+    max_samples: int = Field(default=2000, ge=10, description="samples per domain, a fixed subset")
 
 
 class TrainConfig(StrictModel):
@@ -152,6 +173,9 @@ class TrainConfig(StrictModel):
         default=None, description="metric that picks checkpoints/best.pt (default: early_stopping.metric)"
     )
     early_stopping: EarlyStoppingConfig | None = None
+    validation: ValidationConfig | None = Field(
+        default=None, description="unsupervised model selection: which checkpoint each validator picks"
+    )
 
     @field_validator("device")
     @classmethod

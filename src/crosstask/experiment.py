@@ -24,6 +24,7 @@ from crosstask.config import (
     Experiment,
     ModelConfig,
     TrainConfig,
+    ValidationConfig,
     check_name,
     component,
     load_config,
@@ -45,7 +46,8 @@ from crosstask.engine.trainer import Trainer
 from crosstask.errors import ConfigError, RunError
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.models.model import MultiTaskModel, infer_input_shape
-from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
+from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, VALIDATORS, WEIGHTINGS, ComponentConfig
+from crosstask.validators.base import Validation
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,9 @@ def train(
             f"train.select/early_stopping.metric '{config.select_metric}' is not evaluated; "
             f"evaluation keys: {', '.join(evaluator.metric_keys())}"
         )
+    validation = build_validation(
+        config.validation, model, train_domains, eval_domains, device, eval_batch_size
+    )
     trainer = Trainer(
         model=model,
         method=method_obj,
@@ -188,10 +193,67 @@ def train(
         device=device,
         progress=progress,
         name=name,
+        validation=validation,
     )
     with deterministic_mode(config.deterministic):
         summary = trainer.fit(resume=resume)
+    from crosstask.models.lora import has_lora, save_adapter
+
+    if has_lora(model):  # the adapter alone: a few MB to ship beside the base weights
+        save_adapter(model, run_dir.path / "adapter.pt")
     return RunResult(run_dir.path, summary, model)
+
+
+def build_validation(
+    config: ValidationConfig | None,
+    model: MultiTaskModel,
+    train_domains: Mapping[str, Domain],
+    eval_domains: Mapping[str, Domain],
+    device: torch.device,
+    batch_size: int,
+) -> Validation | None:
+    """The validators of ``train.validation`` on the domains it names, or a config error saying what is wrong."""
+    if config is None:
+        return None
+    domains = {**train_domains, **eval_domains}
+
+    def domain(name: str, key: str) -> Domain:
+        if name not in domains:
+            raise ConfigError(
+                f"train.validation.{key}: no domain named '{name}'; data.train and data.eval have "
+                f"{', '.join(domains)}"
+            )
+        return domains[name]
+
+    tasks = {t.name: t for t in model.tasks}
+    task_name = config.task or model.tasks[0].name
+    if task_name not in tasks or tasks[task_name].kind != "classification":
+        raise ConfigError(
+            f"train.validation.task: '{task_name}' must be a classification task of the run "
+            f"({', '.join(t.name for t in model.tasks if t.kind == 'classification') or 'none'})"
+        )
+    validators = [VALIDATORS.get(v.name).obj(v) for v in config.validators]
+    needing = [v.name for v in validators if v.needs_source]
+    if needing and config.source is None:
+        raise ConfigError(
+            f"train.validation: validator(s) {', '.join(needing)} need labeled source validation data: set "
+            "train.validation.source to a data.eval domain held out from the source"
+        )
+    source = domain(config.source, "source") if config.source else None
+    if config.source is not None and config.source in train_domains:
+        log.warning(
+            "train.validation.source '%s' is a training stream: source accuracy on training data is optimistic",
+            config.source,
+        )
+    return Validation(
+        validators,
+        tasks[task_name],
+        domain(config.target, "target"),
+        source,
+        max_samples=config.max_samples,
+        device=device,
+        batch_size=batch_size,
+    )
 
 
 # ----------------------------------------------------------------------------- from a config
@@ -212,6 +274,10 @@ def build_model(
         _, state = read_model_checkpoint(config.init_from)
         loaded = model.load_matching(state, source=str(config.init_from))
         log.info("initialised %d tensors from %s", len(loaded), config.init_from)
+    if config.lora is not None:
+        from crosstask.models.lora import apply_lora
+
+        apply_lora(model, **config.lora.model_dump())
     return model
 
 

@@ -163,6 +163,15 @@ HEADS = Registry("head", "per-task output layers built from Task specs", ("cross
 ARCHITECTURES = Registry("architecture", "how tasks share a network", ("crosstask.architectures",))
 METHODS = Registry("method", "what a training step computes: named losses", ("crosstask.methods",))
 WEIGHTINGS = Registry("weighting", "how named losses become one gradient", ("crosstask.weighting",))
+REGULARIZERS = Registry(
+    "regularizer", "fine-tuning penalties toward the pretrained starting point (erm)", ("crosstask.finetune",)
+)
+VALIDATORS = Registry("validator", "model selection without target labels", ("crosstask.validators",))
+SHALLOW = Registry(
+    "shallow",
+    "feature-level domain adaptation with the scikit-learn API (fit(Xs, ys, Xt))",
+    ("crosstask.shallow",),
+)
 OPTIMIZERS = Registry("optimizer", "torch optimizers by name", ("crosstask.engine.optim",))
 SCHEDULERS = Registry("scheduler", "learning-rate schedules by name", ("crosstask.engine.schedulers",))
 LOSSES = Registry("loss", "per-task loss functions", ("crosstask.evaluation.losses",))

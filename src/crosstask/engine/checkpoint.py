@@ -47,16 +47,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
-    """A checkpoint file: ``path`` itself, or in a run directory ``checkpoints/<prefer>.pt`` then the other."""
+    """A checkpoint file: ``path`` itself, or in a run directory ``checkpoints/<prefer>.pt`` (for ``best`` and
+    ``last``, then the other; a validator's pick, ``best_<validator>``, exactly)."""
     path = Path(path).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        order = [prefer, "last" if prefer == "best" else "best"]
+        order = [prefer, "last" if prefer == "best" else "best"] if prefer in ("best", "last") else [prefer]
         for name in order:
             candidate = path / "checkpoints" / f"{name}.pt"
             if candidate.is_file():
                 return candidate
+        if prefer not in ("best", "last"):
+            found = sorted(p.stem for p in (path / "checkpoints").glob("*.pt"))
+            raise RunError(f"{path} has no checkpoints/{prefer}.pt; it has: {', '.join(found) or 'none'}")
         raise RunError(
             f"{path} holds no checkpoints/best.pt or checkpoints/last.pt; is it a crosstask run directory?"
         )

@@ -54,10 +54,22 @@ class Method:
         self.train_streams: list[StreamSpec] = list(streams)  # the ones a step draws from
         self.tasks: dict[str, Task] = {t.name: t for t in model.tasks}
         self.modules = nn.ModuleDict()
+        self.step = 0  # the optimizer step being computed (0-based), set by the Trainer before each step
+        self.total_steps = 1  # train.steps
+
+    @property
+    def progress(self) -> float:
+        """Training progress in [0, 1] (``step / total_steps``): what warm-up schedules of a method read."""
+        return min(1.0, self.step / max(1, self.total_steps))
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def reset_optimizer_state(self) -> bool:
+        """True on a step whose update should start from a fresh optimizer state (IRM/V-REx after their anneal)."""
+        return False
 
     @property
     def loss_names(self) -> list[str]:

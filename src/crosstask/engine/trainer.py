@@ -29,6 +29,7 @@ from crosstask.errors import CrosstaskError, RunError, TrainingDiverged
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
+from crosstask.validators.base import Validation
 from crosstask.weighting.base import BalanceContext, Weighting
 
 
@@ -50,6 +51,7 @@ class Trainer:
         device: torch.device,
         progress: Progress | None = None,
         name: str = "run",
+        validation: Validation | None = None,
     ):
         self.model = model
         self.method = method
@@ -58,6 +60,7 @@ class Trainer:
         self.scheduler = scheduler
         self.streams = streams
         self.evaluator = evaluator
+        self.validation = validation
         self.config = config
         self.run_dir = run_dir
         self.device = device
@@ -77,9 +80,11 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # the evaluation that picked best.pt
         self.stop_best: float | None = None  # early stopping: best value of its metric so far
         self.bad_evals = 0
+        self.picked: dict[str, dict[str, Any]] = {}  # per validator: the evaluation it picks so far
         self.elapsed = 0.0
         self._loss_sum = torch.zeros(len(self.loss_names), device=device)
         self._weight_sum: dict[str, float | torch.Tensor] = dict.fromkeys(self.loss_names, 0.0)
+        self._extra_sum: dict[str, float | torch.Tensor] = {}  # a method's own logs (StepOutput.logs)
         self._logged_steps = 0
         self._stop_requested = False
         self._started = time.perf_counter()
@@ -143,6 +148,7 @@ class Trainer:
 
     def _train_step(self) -> None:
         accumulate = self.config.accumulate
+        self.method.step, self.method.total_steps = self.step, self.config.steps
         self.optimizer.zero_grad(set_to_none=True)
         for micro_step in range(accumulate):
             batch = next(self.streams)
@@ -174,6 +180,9 @@ class Trainer:
                 self._weight_sum[n] = (
                     self._weight_sum[n] + (w.detach() if isinstance(w, torch.Tensor) else w) / accumulate
                 )
+            for k, v in output.logs.items():
+                value = v.detach().float() if isinstance(v, torch.Tensor) else v
+                self._extra_sum[k] = self._extra_sum.get(k, 0.0) + value / accumulate
         penalty = self.model.regularization()  # e.g. soft sharing: outside the balancing, once per step
         if penalty is not None:
             if not bool(torch.isfinite(penalty)):
@@ -185,6 +194,8 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             if not bool(torch.isfinite(norm)):
                 raise TrainingDiverged(self._diverged_message(self.step + 1, f"gradient norm {float(norm)}"))
+        if self.method.reset_optimizer_state:  # e.g. IRM / V-REx: the penalty's full weight starts now
+            self.optimizer.state.clear()
         self.optimizer.step()
         self.scheduler.step()
         self._logged_steps += 1
@@ -206,17 +217,23 @@ class Trainer:
         n = max(1, self._logged_steps)
         losses = {f"loss/{k}": v / n for k, v in zip(self.loss_names, self._loss_sum.tolist(), strict=True)}
         weights = {f"weight/{k}": float(v) / n for k, v in self._weight_sum.items()}
+        extras = {f"log/{k}": float(v) / n for k, v in self._extra_sum.items()}
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-        self.metrics_log.write({"step": self.step, "phase": "train", **losses, **weights, **lrs})
+        self.metrics_log.write({"step": self.step, "phase": "train", **losses, **weights, **extras, **lrs})
         self.progress.update(self.step, {k.removeprefix("loss/"): v for k, v in losses.items()})
         self._loss_sum.zero_()
         self._weight_sum = dict.fromkeys(self.loss_names, 0.0)
+        self._extra_sum = {}
         self._logged_steps = 0
 
     def _evaluate(self) -> dict[str, float]:
-        if self.evaluator is None:
+        if self.evaluator is None and self.validation is None:
             return {}
-        metrics = self.evaluator.evaluate(self.model)
+        metrics = self.evaluator.evaluate(self.model) if self.evaluator is not None else {}
+        if self.validation is not None:
+            scores = self.validation.scores(self.model)
+            metrics.update({f"validator/{name}": value for name, value in scores.items()})
+            self._pick(scores, metrics)
         self.metrics_log.write({"step": self.step, "phase": "eval", **metrics})
         self.progress.evaluated(self.step, metrics)
         if self.select is not None and _improves(
@@ -244,6 +261,30 @@ class Trainer:
             else:
                 self.bad_evals += 1
         return metrics
+
+    def _pick(self, scores: dict[str, float], metrics: dict[str, float]) -> None:
+        """Keep, per validator, the best-scoring evaluation so far and its checkpoint."""
+        for validator in self.validation.validators:
+            value, previous = scores[validator.name], self.picked.get(validator.name)
+            better = previous is None or (
+                value > previous["score"] if validator.higher_is_better else value < previous["score"]
+            )
+            if math.isfinite(value) and better:
+                self.picked[validator.name] = {
+                    "score": value,
+                    "higher_is_better": validator.higher_is_better,
+                    "step": self.step,
+                    "metrics": {k: v for k, v in metrics.items() if not k.startswith("validator/")},
+                }
+                save_checkpoint(
+                    self.run_dir.path / "checkpoints" / f"best_{validator.name}.pt",
+                    {
+                        "model": self.model.state_dict(),
+                        "model_spec": self.model.spec(),
+                        "step": self.step,
+                        "metrics": metrics,
+                    },
+                )
 
     def _should_stop_early(self) -> bool:
         if self.stopping is not None and self.bad_evals >= self.stopping.patience:
@@ -279,9 +320,11 @@ class Trainer:
                     "best": self.best,
                     "stop_best": self.stop_best,
                     "bad_evals": self.bad_evals,
+                    "picked": self.picked,
                     "elapsed": self.elapsed_total,
                     "loss_sum": self._loss_sum.cpu(),
                     "weight_sum": {k: float(v) for k, v in self._weight_sum.items()},
+                    "extra_sum": {k: float(v) for k, v in self._extra_sum.items()},
                     "logged_steps": self._logged_steps,
                 },
             },
@@ -303,9 +346,11 @@ class Trainer:
                 trainer["stop_best"],
                 trainer["bad_evals"],
             )
+            self.picked = dict(trainer.get("picked", {}))
             self.elapsed = trainer["elapsed"]
             self._loss_sum = trainer["loss_sum"].to(self.device)
             self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
+            self._extra_sum = dict(trainer.get("extra_sum", {}))
             restore_rng(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunError(
@@ -339,6 +384,8 @@ class Trainer:
             "device": str(self.device),
             "run_dir": str(self.run_dir),
         }
+        if self.picked:
+            summary["validators"] = self.picked
         if error:
             summary["error"] = error
         self.run_dir.write_json(self.run_dir.summary, summary)

@@ -214,6 +214,7 @@ class MultiTaskModel(nn.Module):
             "head": self.head_config.model_dump(mode="json"),
             "tasks": [t.model_dump(mode="json", exclude_none=True) for t in self.tasks],
             "input_shape": list(self.input_shape) if self.input_shape else None,
+            "lora": getattr(self, "lora_settings", None),
         }
 
     @classmethod
@@ -227,7 +228,7 @@ class MultiTaskModel(nn.Module):
         backbone = {
             k: v for k, v in spec["backbone"].items() if k != "weights"
         }  # weights come from the checkpoint
-        return cls(
+        model = cls(
             backbone,
             tasks if tasks is not None else spec["tasks"],
             architecture=spec["architecture"],
@@ -235,6 +236,11 @@ class MultiTaskModel(nn.Module):
             head=spec.get("head") or "linear",
             input_shape=spec.get("input_shape"),
         )
+        if spec.get("lora"):
+            from crosstask.models.lora import apply_lora
+
+            apply_lora(model, **spec["lora"])
+        return model
 
     @classmethod
     def from_checkpoint(
