@@ -119,7 +119,9 @@ def test_fit_rejects_bad_arguments_clearly(tmp_path: Path) -> None:
         ct.fit(model, output_dir=tmp_path)
     with pytest.raises(ConfigError, match="train.steps = 0"):
         ct.fit(model, data=blobs(10), steps=0, output_dir=tmp_path)
-    with pytest.raises(ConfigError, match="unknown method 'dan'"):
+    with pytest.raises(ConfigError, match="unknown method 'dnn'"):
+        ct.fit(model, data=blobs(10), method="dnn", output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="method 'dan' needs one unlabeled target stream"):
         ct.fit(model, data=blobs(10), method="dan", output_dir=tmp_path)
     with pytest.raises(ConfigError, match="labeled training domain"):
         ct.fit(model, target=blobs(10), output_dir=tmp_path)

@@ -75,8 +75,8 @@ def run(options: dict) -> list[Record]:
         )
 
     chosen = variants()
-    if options.get("methods"):
-        chosen = {k: v for k, v in chosen.items() if k in options["methods"]}
+    if options.get("methods"):  # in the order given
+        chosen = {k: chosen[k] for k in options["methods"] if k in chosen}
     for label, weighting in chosen.items():
         values: dict[str, list[float]] = {"left": [], "right": []}
         deltas: list[float] = []

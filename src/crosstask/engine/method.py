@@ -14,7 +14,7 @@ optimized and checkpointed with the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -46,6 +46,9 @@ class StreamSpec:
 
 class Method:
     """Base class of training methods. Subclasses implement :meth:`training_step` and :attr:`loss_names`."""
+
+    # the paper's trade-offs: the `static` weighting uses them for the losses its config does not list
+    default_weights: ClassVar[dict[str, float]] = {}
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         self.config = config

@@ -8,9 +8,9 @@ The paper's objective ``L_source + λ·L_transfer`` is ``weighting: {name: stati
 the reversal coefficient warms up from 0 (``reversal``, ``warmup_alpha``, ``warmup_steps``).
 
 Source and target features go through the discriminator in one pass, so its batch normalization sees both
-domains (as in TLlib). With a labeled target stream (semi-supervised), its task loss is ``target``; the
-alignment is between the source and the unlabeled target stream. Any task kind works (the discriminator
-only reads features).
+domains (as in TLlib; ``batch_norm: false`` gives a plain MLP discriminator with dropout instead). With a
+labeled target stream (semi-supervised), its task loss is ``target``; the alignment is between the source
+and the unlabeled target stream. Any task kind works (the discriminator only reads features).
 """
 
 from __future__ import annotations

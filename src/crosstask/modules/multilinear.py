@@ -38,7 +38,7 @@ class MultilinearMap(nn.Module):
 
 
 class RandomizedMultilinearMap(nn.Module):
-    """``(R_f f) ⊙ (R_g g) / √d`` with Gaussian ``R_f``, ``R_g`` drawn once (buffers: saved in checkpoints)."""
+    """``(R_f f) ⊙ (R_g g) / √d``, Gaussian ``R_f`` and ``R_g`` drawn once (buffers: saved in checkpoints)."""
 
     def __init__(self, features: int, classes: int, out_features: int = 1024):
         super().__init__()
