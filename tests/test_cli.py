@@ -140,7 +140,6 @@ def test_sigterm_finishes_the_step_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_demo_prints_the_results_table(tmp_path: Path) -> None:
-    started = time.perf_counter()
     done = run_cli("demo", "--output-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     for fragment in ("transfer", "source only", "fine-tuned", "multi-task", "parity", "run directories"):
