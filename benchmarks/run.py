@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         records = module.run(options)
         options["minutes"] = round((time.perf_counter() - started) / 60, 1)
-        # a quick smoke run never overwrites the real results
-        json_path, md_path = write_results(name + (".quick" if args.quick else ""), records, options)
+        # a quick or shortened run never overwrites the real results
+        suffix = ".quick" if args.quick else (f"_{args.steps}steps" if args.steps else "")
+        json_path, md_path = write_results(name + suffix, records, options)
         print(md_path.read_text())
         print(f"wrote {json_path} and {md_path}")
     return 0
