@@ -8,7 +8,7 @@ score (the method's task, its main metric, on the final model) and the mean over
 report (e.g. Gulrajani & Lopez-Paz 2021, "In Search of Lost Domain Generalization", ICLR)::
 
     result = leave_one_domain_out("configs/dg_rotated_digits.yaml", ["method=irm"])
-    print(result.table())
+    result.table()          # the markdown table: one row per held-out domain, and the mean
 
 Each run goes to ``output_dir/<name>-lodo-<domain>``; everything else (method, seed, data.eval sets, model
 selection) is the config's own. Unlabeled training streams stay in every run.
@@ -103,7 +103,7 @@ def leave_one_domain_out(
     """Train once per held-out domain (default: every labeled domain of ``data.train``) and score it.
 
     ``config`` is a YAML path, a config mapping or an :class:`Experiment`; ``overrides`` are ``key.path=value``
-    strings applied first. Returns a :class:`LodoResult` (``print(result.table())``).
+    strings applied first. Returns a :class:`LodoResult` (``result.table()`` renders it).
     """
     from crosstask.experiment import run
 
