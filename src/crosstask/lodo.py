@@ -8,7 +8,7 @@ score (the method's task, its main metric, on the final model) and the mean over
 report (e.g. Gulrajani & Lopez-Paz 2021, "In Search of Lost Domain Generalization", ICLR)::
 
     result = leave_one_domain_out("configs/dg_rotated_digits.yaml", ["method=irm"])
-    result.table()          # the markdown table: one row per held-out domain, and the mean
+    result.table()          # a plain-text table: one line per held-out domain, then the mean
 
 Each run goes to ``output_dir/<name>-lodo-<domain>``; everything else (method, seed, data.eval sets, model
 selection) is the config's own. Unlabeled training streams stay in every run.
