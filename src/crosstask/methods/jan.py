@@ -22,22 +22,15 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor
 
-from crosstask.methods.adaptation import Adaptation, AdaptationConfig, Views
-from crosstask.methods.dan import Multipliers
-from crosstask.modules.kernels import TLLIB_MULTIPLIERS, Estimator, GaussianKernels, joint_mmd
+from crosstask.methods.adaptation import Adaptation, Views
+from crosstask.methods.dan import DANConfig
+from crosstask.modules.kernels import GaussianKernels, joint_mmd
 from crosstask.registry import METHODS
 
 
-class JANConfig(AdaptationConfig):
-    estimator: Estimator = Field(
-        default="linear",
-        description="JMMD estimate: linear (the paper's linear-time one), unbiased (quadratic) or biased",
-    )
-    bandwidths: Multipliers = Field(
-        default_factory=lambda: list(TLLIB_MULTIPLIERS),
-        min_length=1,
-        description="feature kernels' variances as multiples of the batch's mean squared pairwise distance",
-    )
+class JANConfig(DANConfig):
+    """DAN's keys (its kernels act on the features here) and the kernel on the softmax outputs."""
+
     output_sigma: float = Field(
         default=0.92, gt=0.0, description="bandwidth σ of the one Gaussian kernel on the softmax outputs"
     )

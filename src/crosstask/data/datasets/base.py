@@ -130,6 +130,18 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return candidates[0]
 
 
+def read_mat(path: Path) -> dict[str, Any]:
+    """A MATLAB ``.mat`` file's variables, or a DataError naming the file when it cannot be read."""
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path)
+    except Exception as exc:  # scipy raises several types for a damaged file
+        raise DataError(
+            f"{path}: cannot read the MATLAB file ({exc}); replace it with an intact copy"
+        ) from None
+
+
 def find_files(
     root: Path, folder: str, files: list[str], dataset: str, path: Path | None = None
 ) -> list[Path]:

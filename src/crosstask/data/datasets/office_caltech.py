@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from crosstask.data.datasets.base import ArrayDataset, DatasetConfig, find_files
+from crosstask.data.datasets.base import ArrayDataset, DatasetConfig, find_files, read_mat
 from crosstask.errors import DataError
 from crosstask.registry import DATASETS
 
@@ -63,16 +63,9 @@ def sum_zscore(counts: np.ndarray) -> np.ndarray:
 @DATASETS.register("office_caltech_surf", config=OfficeCaltechSurfConfig)
 def build_office_caltech_surf(config: OfficeCaltechSurfConfig, root: Path) -> dict[str, ArrayDataset]:
     """Office-Caltech10 SURF-800 features of one domain, the whole domain as train and as test."""
-    from scipy.io import loadmat
-
     file = f"{config.domain}_SURF_L10.mat"
     (path,) = find_files(root, "office_caltech10/surf", [file], "office_caltech_surf", config.path)
-    try:
-        mat = loadmat(path)
-    except Exception as exc:  # scipy raises several types for a damaged file
-        raise DataError(
-            f"{path}: cannot read the MATLAB file ({exc}); replace it with an intact copy"
-        ) from None
+    mat = read_mat(path)
     if "fts" not in mat or "labels" not in mat:
         raise DataError(f"{path}: missing 'fts'/'labels'; is this a GFK Office-Caltech SURF file?")
     counts = mat["fts"].astype(np.float64)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from crosstask.data.datasets.base import ArrayDataset, DatasetConfig, find_files
+from crosstask.data.datasets.base import ArrayDataset, DatasetConfig, find_files, read_mat
 from crosstask.data.datasets.images import ImageArrayOptions, prepare_images
 from crosstask.errors import DataError
 from crosstask.registry import DATASETS
@@ -27,15 +27,8 @@ class USPSConfig(DatasetConfig, ImageArrayOptions):
 @DATASETS.register("usps", config=USPSConfig)
 def build_usps(config: USPSConfig, root: Path) -> dict[str, ArrayDataset]:
     """USPS (ESL) 7291 train / 2007 test from a local .mat file; upsampled to 28x28 by default."""
-    from scipy.io import loadmat
-
     (path,) = find_files(root, "usps", [FILE], "usps", config.path)
-    try:
-        mat = loadmat(path)
-    except Exception as exc:  # scipy raises several types for a damaged file
-        raise DataError(
-            f"{path}: cannot read the MATLAB file ({exc}); replace it with an intact copy"
-        ) from None
+    mat = read_mat(path)
     splits = {}
     for split in ("train", "test"):
         if f"{split}data" not in mat or f"{split}label" not in mat:
