@@ -378,7 +378,7 @@ def blobs(n: int, seed: int, offset: tuple[float, float] = (0.0, 0.0)) -> ct.Arr
     return ct.ArrayDataset(centers + 0.7 * torch.randn(n, 2, generator=g) + torch.tensor(offset), {"y": y})
 
 
-SHIFT = (3.0, 3.0)  # target class 0 lands at x₁ = 1, on the source's class-1 side: source-only ≈ 55-60 %
+SHIFT = (2.5, 2.5)  # target class 0 lands at x₁ = 0.5, on the source's class-1 side: source-only ≈ 65-70 %
 
 
 def target_accuracy(tmp_path: Path, method: str | dict[str, Any], **options: Any) -> float:
@@ -409,7 +409,7 @@ def target_accuracy(tmp_path: Path, method: str | dict[str, Any], **options: Any
 @pytest.fixture(scope="module")
 def source_only(tmp_path_factory: pytest.TempPathFactory) -> float:
     accuracy = target_accuracy(tmp_path_factory.mktemp("erm"), "erm")
-    assert accuracy < 70  # the shift is real
+    assert accuracy < 75  # the shift is real
     return accuracy
 
 
@@ -417,6 +417,7 @@ def source_only(tmp_path_factory: pytest.TempPathFactory) -> float:
     ("method", "options"),
     [
         ({"name": "dann", "hidden": 32, "batch_norm": False}, {}),  # the paper's discriminator (no BN)
+        ({"name": "cdan", "hidden": 32, "batch_norm": False}, {}),
         ({"name": "dan"}, {}),
         ({"name": "jan"}, {}),
         (
@@ -424,10 +425,14 @@ def source_only(tmp_path_factory: pytest.TempPathFactory) -> float:
             {"weighting": {"name": "static", "weights": {"spectral": 1e-4}}},
         ),
     ],
-    ids=["dann", "dan", "jan", "bsp"],
+    ids=["dann", "cdan", "dan", "jan", "bsp"],
 )
 def test_alignment_beats_source_only_on_a_planted_shift(
     tmp_path: Path, source_only: float, method: dict[str, Any], options: dict[str, Any]
 ) -> None:
-    # seeds 0-4 of each of these gave 90-97 % against 55-60 % for source-only: a margin of 20 points is safe
-    assert target_accuracy(tmp_path, method, **options) > source_only + 20
+    """Seeds 0-3 of each of these gave 90-98 % against 65-70 % for source-only: a margin of 15 points is safe.
+
+    Not here: MCD, MDD and AFN. On this translation they are no better than source-only (MCD 60-62 %, AFN
+    50-74 %) or collapse to one class on some seeds (MDD); their papers' claims are about deep features of
+    real images, and the ``mnist_usps`` benchmark checks them there."""
+    assert target_accuracy(tmp_path, method, **options) > source_only + 15

@@ -222,16 +222,19 @@ def test_adabn_sets_target_statistics_and_recovers_accuracy(tmp_path: Path) -> N
     fit(model, "erm", tmp_path, source=source)
     before = {"source": accuracy(model, source_test), "target": accuracy(model, target_test)}
     weights = {k: v.clone() for k, v in model.named_parameters()}
-    # the whole target set in each batch; SGD with momentum and weight decay must still leave the weights
-    fit(
+    # the whole target set in each batch; weight decay, momentum and a gradient weighting must still leave
+    # the weights: the Trainer takes no backward pass and no optimizer step (updates_parameters = False)
+    result = fit(
         model,
         "adabn",
         tmp_path,
         target=target,
         batch_size=400,
         steps=3,
-        optim={"name": "sgd", "weight_decay": 0.1},
+        optim={"name": "sgd", "weight_decay": 0.1, "momentum": 0.9},
+        weighting="mgda",
     )
+    assert (result.run_dir / "checkpoints" / "last.pt").exists()
     x = target.x
     assert torch.allclose(backbone.norm.running_mean, x.mean(0), atol=1e-5)
     assert torch.allclose(backbone.norm.running_var, x.var(0, unbiased=True), rtol=1e-4)

@@ -147,3 +147,76 @@ def test_validation_config_errors_name_the_problem(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(_config(tmp_path, {"validators": ["snt"], "target": "target"})))
     done = run_cli("validate", str(path))
     assert done.returncode == 2 and "snd" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- choosing among runs
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three runs of one config that differ in the trade-off λ: a hyperparameter to choose."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    validation = {
+        "validators": ["source_accuracy", "entropy", "snd"],
+        "target": "target",
+        "source": "source_val",
+    }
+    runs = []
+    for weight in (0.0, 0.3, 1.0):
+        config = _config(tmp_path, validation)
+        config.update(name=f"lambda_{weight}", weighting={"name": "static", "weights": {"transfer": weight}})
+        runs.append(ct.run(config).run_dir)
+    return runs
+
+
+def test_each_validator_chooses_the_run_with_its_best_score(sweep: list[Path]) -> None:
+    selection = ct.select_runs(sweep)
+    assert set(selection.choices) == {"entropy", "snd", "source_accuracy"} and not selection.skipped
+    for name, choice in selection.choices.items():
+        picks = {run: json.loads((run / "summary.json").read_text())["validators"][name] for run in sweep}
+        scores = {run: pick["score"] for run, pick in picks.items()}
+        best = max(scores.values()) if choice.higher_is_better else min(scores.values())
+        assert choice.score == pytest.approx(best) and scores[choice.run_dir] == pytest.approx(best)
+        assert selection.scores[name] == pytest.approx(scores)
+        assert (
+            choice.metrics == picks[choice.run_dir]["metrics"]
+            and choice.step == picks[choice.run_dir]["step"]
+        )
+        assert choice.checkpoint.is_file()
+    assert set(ct.select_runs(sweep, ["snd"]).choices) == {"snd"}
+
+
+def test_select_on_the_command_line_reports_the_choices(sweep: list[Path]) -> None:
+    done = run_cli("select", *map(str, sweep), "--metric", "target_test/t0/accuracy")
+    assert done.returncode == 0, done.stderr
+    choice = ct.select_runs(sweep).choices["snd"]
+    assert "best_snd.pt" in done.stdout and f"{choice.metrics['target_test/t0/accuracy']:.2f}" in done.stdout
+    bad = run_cli("select", *map(str, sweep), "--metric", "target_test/t0/acc")
+    assert bad.returncode != 0 and "target_test/t0/accuracy" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_select_refuses_runs_it_cannot_compare(tmp_path: Path, sweep: list[Path]) -> None:
+    other = ct.run(
+        _config(tmp_path, {"validators": ["snd"], "target": "target", "source": "target_test"})
+    ).run_dir
+    with pytest.raises(ct.RunError, match="different data"):
+        ct.select_runs([*sweep, other])
+    with pytest.raises(ct.RunError, match="not reported by every usable run"):
+        ct.select_runs(sweep, ["dev"])
+    with pytest.raises(ct.RunError, match="no summary.json"):
+        ct.select_runs([tmp_path])
+    plain = _config(tmp_path, None)
+    plain["name"] = "unvalidated"
+    with pytest.raises(ct.RunError, match="no validator picks"):
+        ct.select_runs([ct.run(plain).run_dir])
+    done = run_cli("select", str(tmp_path / "nowhere"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "nowhere" in done.stderr
+
+
+def test_diverged_runs_are_left_out_and_said_so(tmp_path: Path, sweep: list[Path]) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((sweep[0] / "config.yaml").read_text())
+    (broken / "summary.json").write_text(json.dumps({"status": "diverged", "validators": {}}))
+    selection = ct.select_runs([*sweep, broken])
+    assert selection.skipped == {broken: "status diverged"} and broken not in selection.scores["snd"]

@@ -21,6 +21,7 @@ from crosstask.experiment import RunResult, evaluate_run, fit, run
 from crosstask.lodo import LodoResult, leave_one_domain_out
 from crosstask.models.model import MultiTaskModel, TransferModel
 from crosstask.registry import Registry
+from crosstask.validators.selection import Selection, select_runs
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "Registry",
     "RunError",
     "RunResult",
+    "Selection",
     "Task",
     "TrainingDiverged",
     "TransferModel",
@@ -46,4 +48,5 @@ __all__ = [
     "load_config",
     "load_dataset",
     "run",
+    "select_runs",
 ]

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from crosstask.errors import CrosstaskError, suggest
+from crosstask.errors import CrosstaskError, RunError, suggest
 
 app = typer.Typer(
     name="crosstask",
@@ -139,6 +139,55 @@ def lodo(
         table.add_row(row.domain, f"{row.value:.2f}", str(row.run_dir))
     table.add_row("mean", f"{result.mean:.2f}", "")
     console.print(table)
+
+
+@app.command()
+def select(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories (one per candidate)")],
+    validator: Annotated[
+        list[str] | None, typer.Option("--validator", "-v", help="only this validator (repeatable)")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="a metric key (domain/task/metric) to report for each run and each choice"),
+    ] = None,
+) -> None:
+    """Pick a hyperparameter without target labels: each validator chooses one of several runs."""
+    from crosstask.validators.selection import select_runs
+
+    selection = select_runs(run_dirs, validator)
+    names = list(selection.choices)
+    evaluated = next(iter(selection.choices.values())).metrics
+    if metric is not None and metric not in evaluated:
+        raise RunError(
+            f"--metric {metric}: not evaluated; the runs evaluate {', '.join(evaluated) or 'nothing'}"
+        )
+    runs = Table(title="validator scores (* = the validator's choice)", title_justify="left")
+    runs.add_column("run directory")
+    for name in names:
+        arrow = "↑" if selection.choices[name].higher_is_better else "↓"
+        runs.add_column(f"{name} {arrow}", justify="right")
+    for run in selection.scores[names[0]]:
+        cells = [
+            f"{selection.scores[n][run]:.4g}{' *' if selection.choices[n].run_dir == run else ''}"
+            for n in names
+        ]
+        runs.add_row(str(run), *cells)
+    console.print(runs)
+    chosen = Table(title="choices: the run and checkpoint each validator keeps", title_justify="left")
+    for column in ("validator", "run directory", "step", "checkpoint", metric or "metrics at that step"):
+        chosen.add_column(column)
+    for choice in selection.choices.values():
+        if metric is None:
+            scored = ", ".join(f"{k} {v:.2f}" for k, v in choice.metrics.items())
+        else:
+            scored = f"{choice.metrics[metric]:.2f}" if metric in choice.metrics else "-"
+        chosen.add_row(
+            choice.validator, str(choice.run_dir), str(choice.step), choice.checkpoint.name, scored
+        )
+    console.print(chosen)
+    for run, why in selection.skipped.items():
+        err_console.print(f"left out {run}: {why}")
 
 
 @app.command()

@@ -49,6 +49,8 @@ class Method:
 
     # the paper's trade-offs: the `static` weighting uses them for the losses its config does not list
     default_weights: ClassVar[dict[str, float]] = {}
+    # False: the forward pass of a step is the whole update (AdaBN's statistics); no backward, no optimizer step
+    updates_parameters: ClassVar[bool] = True
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         self.config = config

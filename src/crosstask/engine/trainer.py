@@ -173,7 +173,10 @@ class Trainer:
             context = BalanceContext(
                 self.step, self.shared_params, output.shared, micro_step, accumulate, self.other_params
             )
-            weights = self.weighting.backward(losses, context)
+            if self.method.updates_parameters:
+                weights = self.weighting.backward(losses, context)
+            else:
+                weights = dict.fromkeys(self.loss_names, 0.0)
             self._loss_sum += values / accumulate
             for n in self.loss_names:  # a weighting may return tensors: keep them on device until logged
                 w = weights[n]
@@ -183,6 +186,12 @@ class Trainer:
             for k, v in output.logs.items():
                 value = v.detach().float() if isinstance(v, torch.Tensor) else v
                 self._extra_sum[k] = self._extra_sum.get(k, 0.0) + value / accumulate
+        if self.method.updates_parameters:
+            self._update()
+        self._logged_steps += 1
+
+    def _update(self) -> None:
+        """The step's update from the accumulated gradients: regularization, clipping, optimizer, scheduler."""
         penalty = self.model.regularization()  # e.g. soft sharing: outside the balancing, once per step
         if penalty is not None:
             if not bool(torch.isfinite(penalty)):
@@ -198,7 +207,6 @@ class Trainer:
             self.optimizer.state.clear()
         self.optimizer.step()
         self.scheduler.step()
-        self._logged_steps += 1
 
     def _diverged_message(self, step: int, what: str) -> str:
         kept = (

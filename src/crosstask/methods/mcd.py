@@ -18,17 +18,23 @@ classifiers, written on the classifiers' side so that ``transfer`` is ``d`` itse
 the gradients are the same. Differences from the paper: both players move simultaneously, with plain
 gradient steps, instead of the classifiers first reaching a maximizer for fixed features; ``n`` generator
 steps become one step whose strength is ``reversal`` (try values above 1 to mimic ``n > 1``); the warm-up
-(as in DANN; ``warmup_steps: 1`` turns it off) is not in the paper. TLlib's extra class-balance entropy
-term is not included.
+(as in DANN; ``warmup_steps: 1`` turns it off) is not in the paper.
 
-Losses: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled streams) and ``transfer``
-(``d``); evaluation uses F1. The trade-off on ``d`` (TLlib digits: 0.3) is ``weighting: {name: static,
-weights: {transfer: 0.3}}``.
+TLlib adds a class-balance term to steps A and B, ``balance = −Σ_classifiers mean_k log(mean_batch p_k +
+1e-6)`` on the target predictions (TLlib ``mcd.py``, ``--trade-off-entropy 0.01``): it is smallest when
+each classifier spreads the target batch over all classes, and keeps the features from ending the game the
+cheap way, by sending every target sample to one class where both classifiers agree. It is loss
+``balance`` with default weight 0.01 (``balance: false`` drops it).
+
+Losses: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled streams), ``transfer``
+(``d``) and ``balance``; evaluation uses F1. The trade-off on ``d`` (TLlib digits: 0.3) is ``weighting:
+{name: static, weights: {transfer: 0.3}}``.
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from crosstask.evaluation.losses import task_loss
@@ -41,23 +47,33 @@ from crosstask.registry import METHODS
 class MCDConfig(AdaptationConfig, ReversalConfig):
     """``reversal``: the weight of the features' side of the game (after warm-up)."""
 
+    balance: bool = Field(
+        default=True, description="add TLlib's class-balance term on the target predictions as loss 'balance'"
+    )
+
 
 def classifier_discrepancy(first: Tensor, second: Tensor) -> Tensor:
     """MCD's ``d``: the mean absolute difference of two probability matrices (samples × classes)."""
     return (first - second).abs().mean()
 
 
+def class_balance(probabilities: Tensor) -> Tensor:
+    """``−mean_k log(mean_batch p_k + 1e-6)``: log K when the batch's mean prediction is uniform, large when
+    one class takes the whole batch (TLlib's MCD ``entropy``)."""
+    return -torch.log(probabilities.mean(0) + 1e-6).mean()
+
+
 @METHODS.register("mcd", config=MCDConfig)
 class MCD(Adaptation):
     """Two classifiers maximize their target discrepancy, the features minimize it (Saito et al. 2018)."""
 
-    default_weights = {"transfer": 0.3}  # TLlib digits trade-off
+    default_weights = {"transfer": 0.3, "balance": 0.01}  # TLlib digits trade-offs
     config: MCDConfig
-    transfer_losses = ("second_classifier", "transfer")
 
     def __init__(self, config: MCDConfig, model, streams):
         super().__init__(config, model, streams)
         self.modules["second_classifier"] = fresh_copy(model.heads[self.task])
+        self.transfer_losses = ("second_classifier", "transfer", *(("balance",) if config.balance else ()))
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
         coefficient = self.config.coefficient(self.step, self.total_steps)
@@ -71,4 +87,8 @@ class MCD(Adaptation):
         features = scale_gradient(views.target.features, coefficient)
         p1 = torch.softmax(call_with_reversed_parameters(first, features).float(), dim=1)
         p2 = torch.softmax(call_with_reversed_parameters(second, features).float(), dim=1)
-        return {"second_classifier": sum(supervised), "transfer": classifier_discrepancy(p1, p2)}
+        losses = {"second_classifier": sum(supervised), "transfer": classifier_discrepancy(p1, p2)}
+        if self.config.balance:
+            second_target = torch.softmax(second(views.target.features).float(), dim=1)
+            losses["balance"] = class_balance(views.target.probabilities) + class_balance(second_target)
+        return losses
