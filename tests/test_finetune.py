@@ -19,9 +19,10 @@ from crosstask.data.streams import Batch
 from crosstask.engine.checkpoint import load_checkpoint
 from crosstask.engine.method import StreamSpec
 from crosstask.engine.optim import backbone_stages, parameter_groups
-from crosstask.errors import ConfigError
+from crosstask.errors import ConfigError, RunError
 from crosstask.finetune.base import StreamForward
 from crosstask.finetune.bss import smallest_singular_values
+from crosstask.finetune.delta import attention_weights, loss_rise
 from crosstask.models.model import ModelOutput
 from crosstask.registry import METHODS, OPTIMIZERS
 
@@ -118,7 +119,11 @@ def test_resume_keeps_the_original_start_point_and_is_exact(tmp_path: Path) -> N
             "name": "erm",
             "finetune": "gradual",
             "unfreeze_every": 4,
-            "regularizers": [{"name": "l2sp", "alpha": 1.0}, {"name": "lwf"}],
+            "regularizers": [
+                {"name": "l2sp", "alpha": 1.0},
+                {"name": "lwf"},
+                {"name": "delta", "probe_steps": 5, "attention_batches": 2},  # drawn before step 0
+            ],
         },
         "data": ct.ArrayDataset(x, {"a": y}),
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01},
@@ -135,9 +140,56 @@ def test_resume_keeps_the_original_start_point_and_is_exact(tmp_path: Path) -> N
     ct.fit(resumed, steps=12, name="part", output_dir=tmp_path, resume=True, **options)
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
-    saved_start = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["method"]["start"]
+    saved = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["method"]
     for key, value in initial.items():
-        torch.testing.assert_close(saved_start[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(saved["start"][key], value, rtol=0, atol=0)
+    assert len(saved["regularizers"]["delta"]["channel_weights"]) == 3  # one weight vector per layer
+
+
+def test_delta_attention_weights_sum_to_one_and_follow_the_loss_rise() -> None:
+    rise = torch.tensor([4.0, 0.25, 0.0, 0.25])
+    weights = attention_weights(rise)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert weights[0] > weights[1] == weights[3] > weights[2]
+    assert torch.allclose(attention_weights(rise * 100 + 7), weights)  # the loss's scale does not matter
+    assert torch.allclose(attention_weights(torch.ones(5)), torch.full((5,), 0.2))
+
+
+def test_zeroing_a_channel_measures_how_much_the_loss_needs_it() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=g)
+    y = 2 * x[:, 0] + 0.5 * x[:, 1]  # channel 2 is not used at all
+    layer = torch.nn.Identity()
+    coefficients = torch.tensor([2.0, 0.5, 0.0])
+
+    def loss(batch):
+        return (layer(batch["x"]) @ coefficients - batch["y"]).pow(2).mean()
+
+    (rise,) = loss_rise(loss, [layer], [{"x": x[:256], "y": y[:256]}, {"x": x[256:], "y": y[256:]}])
+    expected = torch.stack([(c * x[:, i]).pow(2).mean() for i, c in enumerate(coefficients)])  # ≈ 4, 0.25, 0
+    torch.testing.assert_close(rise, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_delta_with_attention_weights_the_channels_the_task_needs(tmp_path: Path) -> None:
+    x, y = data(n=256)
+    model = mlp_model(hidden=(16,))
+    delta = {"name": "delta", "alpha": 1.0, "beta": 0.0, "probe_steps": 50, "attention_batches": 3}
+    result = ct.fit(
+        model,
+        method={"name": "erm", "regularizers": [delta]},
+        data=ct.ArrayDataset(x, {"a": y}),
+        steps=5,
+        optim={"name": "sgd", "lr": 0.05},
+        output_dir=tmp_path,
+    )
+    (weights,) = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["method"]["regularizers"][
+        "delta"
+    ]["channel_weights"]
+    assert weights.shape == (16,) and float(weights.sum()) == pytest.approx(1.0)
+    assert float(weights.max() / weights.min()) > 2  # not the uniform 1/C
+    method = erm(mlp_model(hidden=(16,)), regularizers=[delta])
+    with pytest.raises(RunError, match="channel attention was not computed"):
+        step(method, x, y)  # steps by hand without prepare()
 
 
 def test_lwf_is_zero_when_the_model_equals_the_old_one() -> None:
@@ -156,7 +208,8 @@ def test_lwf_is_zero_when_the_model_equals_the_old_one() -> None:
 
 def test_delta_is_zero_at_the_start_and_grows_with_the_feature_maps() -> None:
     model = mlp_model()
-    method = erm(model, regularizers=[{"name": "delta", "alpha": 1.0, "beta": 0.0, "layers": ["layer2"]}])
+    delta = {"name": "delta", "alpha": 1.0, "beta": 0.0, "layers": ["layer2"], "attention": False}
+    method = erm(model, regularizers=[delta])
     x, y = data()
     assert float(step(method, x, y)["delta"].detach()) == pytest.approx(0.0, abs=1e-7)
     with torch.no_grad():

@@ -13,6 +13,7 @@ optimized and checkpointed with the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,6 +89,10 @@ class Method:
 
     def setup(self) -> None:
         """Prepare the model before the optimizer is built (freezing layers, say)."""
+
+    def prepare(self, draw: Callable[[], dict[str, Batch]]) -> None:
+        """Before the first step of a fresh run (not on resume): compute what needs training data first.
+        ``draw()`` returns the next multi-stream training batch; keep the result in :meth:`state_dict`."""
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         raise NotImplementedError

@@ -15,14 +15,16 @@ it, and saves it in the method's checkpoint state, so a resumed run keeps the or
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from crosstask.data.streams import Batch
+from crosstask.engine.method import StreamSpec
 from crosstask.models.model import ModelOutput, MultiTaskModel
 from crosstask.registry import ComponentConfig
 
@@ -53,6 +55,17 @@ class Regularizer:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def prepare(self, draw: Callable[[], dict[str, Batch]], streams: Sequence[StreamSpec]) -> None:
+        """Before the first step of a fresh run: what must be computed from training data first (DELTA's
+        channel attention). ``draw()`` returns the next training batch of every stream in ``streams``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep (computed in :meth:`prepare`)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     @contextmanager
     def watch(self) -> Iterator[None]:

@@ -186,13 +186,20 @@ class ERM(Method):
         shared = forwards[0].output.shared if len(forwards) == 1 else None
         return StepOutput(losses, shared=shared)
 
+    def prepare(self, draw) -> None:
+        for regularizer in self.regularizers.values():
+            regularizer.prepare(draw, self.train_streams)
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.start is not None:
             state["start"] = self.start.state_dict()
+        state["regularizers"] = {name: r.state_dict() for name, r in self.regularizers.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if self.start is not None:
             self.start.load_state_dict(state["start"])
+        for name, regularizer in self.regularizers.items():
+            regularizer.load_state_dict(state.get("regularizers", {}).get(name, {}))
