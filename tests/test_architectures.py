@@ -289,7 +289,7 @@ def test_smooth_step_is_a_continuously_differentiable_step() -> None:
 def test_dselect_k_selects_at_most_k_experts_once_the_selectors_are_binary(experts: int) -> None:
     model = build({"name": "dselect_k", "experts": experts, "k": 2, "per_example": False, "entropy": 0.1})
     assert float(model.regularization().detach()) > 0
-    for selection in model.architecture.selection:
+    for selection in model.architecture.gating:
         with torch.no_grad():
             selection.z.copy_(torch.randn_like(selection.z).sign() * 5)  # every smooth step at 0 or 1
     model(sample("mlp"))
@@ -309,7 +309,7 @@ def test_dselect_k_entropy_penalty_trains_with_the_trainer(tmp_path: Path) -> No
         penalty = model.regularization()
         assert penalty is not None and float(penalty.detach()) > 0
         penalty.backward()
-        for selection in model.architecture.selection:  # the selectors; the mixing weights α play no part
+        for selection in model.architecture.gating:  # the selectors; the mixing weights α play no part
             selectors = selection.selectors.parameters() if per_example else [selection.z]
             assert all(p.grad is not None and bool(p.grad.any()) for p in selectors)
     config = tiny_config(

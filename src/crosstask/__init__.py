@@ -21,7 +21,7 @@ from crosstask.experiment import RunResult, evaluate_run, fit, run
 from crosstask.lodo import LodoResult, leave_one_domain_out
 from crosstask.models.model import MultiTaskModel, TransferModel
 from crosstask.registry import Registry
-from crosstask.validators.selection import Selection, select_runs
+from crosstask.validators.selection import RunSelection, select_runs
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ __all__ = [
     "Registry",
     "RunError",
     "RunResult",
-    "Selection",
+    "RunSelection",
     "Task",
     "TrainingDiverged",
     "TransferModel",

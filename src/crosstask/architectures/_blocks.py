@@ -8,7 +8,7 @@ construction (the optimizer holds them) and take their shape on the first forwar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,11 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from crosstask.architectures.base import Architecture
+from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
 from crosstask.models.trunk import Trunk
+from crosstask.registry import ComponentConfig
 
 
 def upcast(t: Tensor) -> Tensor:
@@ -53,6 +56,43 @@ class Gate(nn.Module):
 def mix(weights: Tensor, stacked: Tensor) -> Tensor:
     """``Σ_e weights[:, e] · stacked[:, e]`` for ``(n, E)`` weights and ``(n, E, ...)`` expert outputs."""
     return torch.einsum("ne,ne...->n...", weights.to(stacked.dtype), stacked)
+
+
+class ExpertMixture(Architecture):
+    """Experts (copies of the trunk) shared by all tasks, mixed per task by that task's gating module (MMoE,
+    DSelect-k). Subclasses fill ``self.gating`` with one module per task (in task order) that maps the input
+    to ``(n, E)`` weights. The shared representation is the stacked expert outputs ``(n, E, d)``."""
+
+    def __init__(
+        self, config: ComponentConfig, make_trunk: Callable[[], Trunk], tasks: list[Task], experts: int
+    ):
+        super().__init__(config, make_trunk, tasks)
+        self.experts = nn.ModuleList(make_trunk() for _ in range(experts))
+        self.gating = nn.ModuleList()
+        self._gates: dict[str, Tensor] = {}
+
+    def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        shared = torch.stack([expert(x) for expert in self.experts], dim=1)  # (n, E, d)
+        features, gates = {}, {}
+        for name, gating in zip(self.task_names, self.gating, strict=True):
+            weights = gating(x)
+            features[name] = mix(weights, shared)
+            gates[name] = weights.detach()
+        self._gates = gates
+        return features, shared
+
+    def out_features(self, task: str) -> int:
+        return self.experts[0].num_features
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.experts.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        return self.gating[self.task_names.index(task)].parameters()
+
+    def gates(self) -> dict[str, Tensor]:
+        """Each task's weights over the experts in the last forward pass, ``(n, E)``."""
+        return dict(self._gates)
 
 
 def run(stages: Sequence[nn.Module], x: Tensor) -> Tensor:

@@ -24,14 +24,13 @@ expert outputs ``(n, E, d)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from crosstask.architectures._blocks import mix, upcast
-from crosstask.architectures.base import Architecture
+from crosstask.architectures._blocks import ExpertMixture, upcast
 from crosstask.data.tasks import Task
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
@@ -124,45 +123,23 @@ class Selection(nn.Module):
 
 
 @ARCHITECTURES.register("dselect_k", config=DSelectKConfig)
-class DSelectK(Architecture):
+class DSelectK(ExpertMixture):
     """Shared experts; each task's DSelect-k gate picks at most k of them through smooth binary codes."""
 
     config: DSelectKConfig
 
     def __init__(self, config: DSelectKConfig, make_trunk: Callable[[], Trunk], tasks: list[Task]):
-        super().__init__(config, make_trunk, tasks)
-        self.experts = nn.ModuleList(make_trunk() for _ in range(config.experts))
-        self.selection = nn.ModuleList(
+        super().__init__(config, make_trunk, tasks, config.experts)
+        self.gating.extend(
             Selection(config.experts, config.k, config.gamma, config.per_example) for _ in self.task_names
         )
-        self._gates: dict[str, Tensor] = {}
         self._last_input: Tensor | None = None
 
     def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        shared = torch.stack([expert(x) for expert in self.experts], dim=1)  # (n, E, d)
-        features, gates = {}, {}
-        for name, selection in zip(self.task_names, self.selection, strict=True):
-            weights = selection(x)
-            features[name] = mix(weights, shared)
-            gates[name] = weights.detach()
-        self._gates = gates
         if self.training and self.config.entropy > 0 and self.config.per_example:
             # the penalty is taken after the step's backward pass has freed this graph: keep the input
             self._last_input = x.detach()
-        return features, shared
-
-    def out_features(self, task: str) -> int:
-        return self.experts[0].num_features
-
-    def shared_parameters(self) -> Iterator[nn.Parameter]:
-        return self.experts.parameters()
-
-    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        return self.selection[self.task_names.index(task)].parameters()
-
-    def gates(self) -> dict[str, Tensor]:
-        """Each task's weights over the experts in the last forward pass, ``(n, E)``."""
-        return dict(self._gates)
+        return super().forward(x)
 
     def regularization(self) -> Tensor | None:
         """``entropy ·`` the summed entropy of every task's selectors; ``None`` when off."""
@@ -171,5 +148,5 @@ class DSelectK(Architecture):
         if self.config.per_example and self._last_input is None:
             return None
         x = self._last_input
-        total = sum(selection.entropy(x) for selection in self.selection)
+        total = sum(selection.entropy(x) for selection in self.gating)
         return self.config.entropy * total  # type: ignore[return-value]

@@ -13,14 +13,11 @@ forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import torch
 from pydantic import Field
-from torch import Tensor, nn
 
-from crosstask.architectures._blocks import Gate, mix
-from crosstask.architectures.base import Architecture
+from crosstask.architectures._blocks import ExpertMixture, Gate
 from crosstask.data.tasks import Task
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
@@ -35,36 +32,11 @@ class MMoEConfig(ComponentConfig):
 
 
 @ARCHITECTURES.register("mmoe", config=MMoEConfig)
-class MMoE(Architecture):
+class MMoE(ExpertMixture):
     """Experts shared by all tasks, mixed by one softmax gate per task computed from the input."""
 
     config: MMoEConfig
 
     def __init__(self, config: MMoEConfig, make_trunk: Callable[[], Trunk], tasks: list[Task]):
-        super().__init__(config, make_trunk, tasks)
-        self.experts = nn.ModuleList(make_trunk() for _ in range(config.experts))
-        self.task_gates = nn.ModuleList(Gate(config.experts) for _ in self.task_names)
-        self._gates: dict[str, Tensor] = {}
-
-    def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        shared = torch.stack([expert(x) for expert in self.experts], dim=1)  # (n, E, d)
-        features, gates = {}, {}
-        for name, gate in zip(self.task_names, self.task_gates, strict=True):
-            weights = gate(x)
-            features[name] = mix(weights, shared)
-            gates[name] = weights.detach()
-        self._gates = gates
-        return features, shared
-
-    def out_features(self, task: str) -> int:
-        return self.experts[0].num_features
-
-    def shared_parameters(self) -> Iterator[nn.Parameter]:
-        return self.experts.parameters()
-
-    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        return self.task_gates[self.task_names.index(task)].parameters()
-
-    def gates(self) -> dict[str, Tensor]:
-        """Each task's weights over the experts in the last forward pass, ``(n, E)``."""
-        return dict(self._gates)
+        super().__init__(config, make_trunk, tasks, config.experts)
+        self.gating.extend(Gate(config.experts) for _ in self.task_names)

@@ -45,7 +45,7 @@ class Choice:
 
 
 @dataclass
-class Selection:
+class RunSelection:
     """Every validator's choice, every run's score per validator, and the runs left out (with the reason)."""
 
     choices: dict[str, Choice]
@@ -66,7 +66,9 @@ def _validation_inputs(run: Path) -> dict[str, Any]:
     return {"validation": validation, "domains": {n: domains.get(n) for n in names if n}}
 
 
-def select_runs(run_dirs: Sequence[str | os.PathLike], validators: Sequence[str] | None = None) -> Selection:
+def select_runs(
+    run_dirs: Sequence[str | os.PathLike], validators: Sequence[str] | None = None
+) -> RunSelection:
     """Each validator's choice among ``run_dirs`` (finished runs with ``train.validation``); ``validators``
     limits the choice to those names (default: every validator all usable runs report)."""
     runs = [Path(r) for r in run_dirs]
@@ -117,4 +119,4 @@ def select_runs(run_dirs: Sequence[str | os.PathLike], validators: Sequence[str]
         choices[name] = Choice(
             name, best, int(pick["step"]), float(pick["score"]), higher, dict(pick["metrics"])
         )
-    return Selection(choices, scores, skipped)
+    return RunSelection(choices, scores, skipped)
