@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 import crosstask as ct
-from benchmarks.records import Record
+from benchmarks.records import Record, lookup_published
 
 SEEDS = [0, 1, 2]
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -102,6 +102,11 @@ def run(options: dict) -> list[Record]:
                 "mnist_usps", label, f"mnist_test accuracy % (final model{protocol})", mnist, seeds, True
             ),
         ]
+        full = lookup_published("mnist_usps", label, "usps_test accuracy % (best of 20 epoch evaluations)")
+        if steps and full:  # beside the shortened run, the full protocol's number, said so
+            best_record = records[-3]
+            best_record.published = full["value"]
+            best_record.published_source = f"full protocol (50000 steps): {full['source']}"
         for name, values in picks.items():
             records.append(
                 Record.measured(
