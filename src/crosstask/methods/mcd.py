@@ -21,10 +21,11 @@ steps become one step whose strength is ``reversal`` (try values above 1 to mimi
 (as in DANN; ``warmup_steps: 1`` turns it off) is not in the paper.
 
 TLlib adds a class-balance term to steps A and B, ``balance = −Σ_classifiers mean_k log(mean_batch p_k +
-1e-6)`` on the target predictions (TLlib ``mcd.py``, ``--trade-off-entropy 0.01``): it is smallest when
+1e-6)`` on the target predictions (TLlib ``mcd.py``, ``--trade-off-entropy``): it is smallest when
 each classifier spreads the target batch over all classes, and keeps the features from ending the game the
 cheap way, by sending every target sample to one class where both classifiers agree. It is loss
-``balance`` with default weight 0.01 (``balance: false`` drops it).
+``balance`` with default weight 0.01 (TLlib's default; its digits recipe uses 0.03; ``balance: false`` drops
+it).
 
 Losses: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled streams), ``transfer``
 (``d``) and ``balance``; evaluation uses F1. The trade-off on ``d`` (TLlib digits: 0.3) is ``weighting:
