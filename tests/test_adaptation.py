@@ -22,7 +22,7 @@ from crosstask.methods.adaptation import Adaptation, View, Views
 from crosstask.methods.afn import AFN, AFNConfig, l2_preserving_dropout
 from crosstask.methods.bsp import batch_spectral_penalty
 from crosstask.methods.cdan import CDAN, CDANConfig
-from crosstask.methods.mcd import classifier_discrepancy
+from crosstask.methods.mcd import MCD, MCDConfig, classifier_discrepancy
 from crosstask.methods.mdd import log_probability_not
 from crosstask.modules.discriminator import domain_loss
 from crosstask.modules.grl import (
@@ -150,6 +150,9 @@ def test_static_weighting_takes_the_papers_trade_offs_unless_the_config_sets_the
         da_config(tmp_path, small("bsp"), weighting={"name": "static", "weights": {"spectral": 0.5}})
     )
     assert logged_weight(chosen.run_dir) == pytest.approx(0.5)
+    # a default for a loss the configured method does not produce (MCD without its balance term) is dropped
+    unbalanced = ct.run(da_config(tmp_path, {"name": "mcd", "balance": False}))
+    assert "loss/balance" not in logged_losses(unbalanced.run_dir)[-1]
 
 
 @pytest.mark.parametrize("name", ["cdan", "mcd"])
@@ -346,6 +349,44 @@ def test_mdd_disparity_terms_and_mcd_discrepancy() -> None:
     head = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     copy_ = fresh_copy(head)
     assert copy_ is not head and not torch.equal(copy_[0].weight, head[0].weight)
+
+
+def test_mcd_alternates_a_classifier_step_with_generator_steps() -> None:
+    """Step B (classifiers maximize d, features untouched), then n steps C (features minimize d, classifiers
+    untouched); the simultaneous schedule moves both sides every step."""
+    torch.manual_seed(0)
+    model = ct.MultiTaskModel("mlp", [ct.Task("y", num_classes=3)], input_shape=(4,))
+    specs = [StreamSpec("source", True, ("y",)), StreamSpec("target", False, ("y",))]
+    features = torch.randn(8, model.architecture.out_features("y"), requires_grad=True)
+    views = Views(
+        View(model.heads["y"](features[:4]), features[:4], torch.tensor([0, 1, 2, 0]), True),
+        View(model.heads["y"](features[4:]), features[4:]),
+        None,
+        features,
+    )
+
+    def gradients(method: MCD, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        method.step, method.total_steps = step, 100
+        features.grad, model.heads["y"].weight.grad = None, None
+        method.transfer(views)["transfer"].backward(retain_graph=True)
+        grads = [features.grad, model.heads["y"].weight.grad]
+        return tuple(torch.zeros(1) if g is None else g.abs().sum() for g in grads)
+
+    alternating = MCD(MCDConfig(name="mcd", generator_steps=2, warmup_steps=1), model, specs)
+    for step, turn in [(0, "classifiers"), (1, "features"), (2, "features"), (3, "classifiers")]:
+        to_features, to_classifier = gradients(alternating, step)
+        assert (to_features > 0, to_classifier > 0) == (turn == "features", turn == "classifiers"), step
+    simultaneous = MCD(MCDConfig(name="mcd", schedule="simultaneous", warmup_steps=1), model, specs)
+    assert all(float(g) > 0 for g in gradients(simultaneous, 1))
+    # the classifiers ascend d: a small step against their gradient raises it
+    before = float(alternating.transfer(views)["transfer"])
+    alternating.step = 0
+    alternating.transfer(views)["transfer"].backward()
+    with torch.no_grad():
+        for module in (model.heads["y"], alternating.modules["second_classifier"]):
+            for p in module.parameters():
+                p -= 0.5 * p.grad
+    assert float(alternating.transfer(views)["transfer"]) > before
 
 
 def test_afn_loss_asks_every_norm_to_grow_by_delta() -> None:

@@ -167,6 +167,20 @@ def test_self_training_beats_source_only_on_a_clustered_shift(method: str, tmp_p
     assert scores[method] > scores["erm"] + 6 and scores[method] > 96
 
 
+@pytest.mark.parametrize("method", ["mcd", "mdd"])
+def test_boundary_methods_beat_source_only_on_a_clustered_shift(method: str, tmp_path: Path) -> None:
+    """MCD and MDD push the decision boundaries out of dense target regions, which is what this shift
+    needs (seeds 0-2: MCD 94.7-99.3 %, MDD 98.7-99.8 %, source-only 86.2-91.8 %; AFN gains only 2-8 points
+    here, and MCD's simultaneous schedule oscillates: 41-90 %)."""
+    source, target, test = clusters(600, 0), clusters(600, 1, rotate=50, std=0.3), clusters(600, 2, 50, 0.3)
+    scores = {}
+    for name in ("erm", method):
+        torch.manual_seed(0)
+        result = fit(mlp(), name, tmp_path, source=source, target=target, eval={"test": test}, steps=300)
+        scores[name] = result.metrics["test/y/accuracy"]
+    assert scores[method] > scores["erm"] + 5
+
+
 # ----------------------------------------------------------------------------- MCC
 
 

@@ -140,7 +140,8 @@ def train(
     method_obj.setup()
     method_obj.modules.to(device)
     if weighting.name == "static" and method_obj.default_weights:  # the paper's trade-offs, unless overridden
-        listed = {**method_obj.default_weights, **weighting.weights}
+        defaults = {k: v for k, v in method_obj.default_weights.items() if k in method_obj.loss_names}
+        listed = {**defaults, **weighting.weights}
         weighting = weighting.model_copy(update={"weights": listed})
     weighting_obj = WEIGHTINGS.get(weighting.name).obj(weighting, method_obj.loss_names)
     weighting_obj.params.to(device)

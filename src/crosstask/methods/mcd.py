@@ -10,15 +10,16 @@ The paper alternates three optimizer steps per batch: (A) ``G``, ``F1``, ``F2`` 
 (B) with ``G`` fixed, the classifiers minimize ``L_source − d`` (find target samples outside the source
 support); (C) with the classifiers fixed, ``G`` minimizes ``d``, ``n`` times (``n = 4`` for digits).
 
-crosstask takes one optimizer step per training step, so this is the single-step min-max form: one loss
-``L = L_source(F1) + L_source(F2) + d`` in which the classifiers receive the *reversed* gradient of ``d``
-(they maximize it, as in step B) and the features its plain gradient, times the warm-up coefficient
-``reversal`` (they minimize it, as in step C). It is a gradient-reversal layer between ``G`` and the two
-classifiers, written on the classifiers' side so that ``transfer`` is ``d`` itself (≥ 0) rather than ``−d``;
-the gradients are the same. Differences from the paper: both players move simultaneously, with plain
-gradient steps, instead of the classifiers first reaching a maximizer for fixed features; ``n`` generator
-steps become one step whose strength is ``reversal`` (try values above 1 to mimic ``n > 1``); the warm-up
-(as in DANN; ``warmup_steps: 1`` turns it off) is not in the paper.
+crosstask takes one optimizer step per training step, so the game is played across steps
+(``schedule: alternating``, the default): one step in which the classifiers maximize ``d`` on target
+features without gradient (step B), then ``generator_steps`` steps (the paper's ``n``) in which the features
+minimize ``d`` through classifiers that receive no gradient (step C); every step also trains everything on
+the source losses (step A). The classifiers' side is written as reversed gradients
+(:func:`~crosstask.modules.grl.call_with_reversed_parameters`) so that ``transfer`` is ``d`` itself (≥ 0)
+rather than ``−d``; the gradients are the same. ``schedule: simultaneous`` plays both sides in every step
+(the classifiers reversed, the features plain): on our toy shifts this gradient descent-ascent oscillated,
+sometimes below source-only, where the alternating game settled above it. The features' side is multiplied by ``reversal`` after
+a DANN warm-up (``warmup_steps: 1`` turns the warm-up off, as in the paper).
 
 TLlib adds a class-balance term to steps A and B, ``balance = −Σ_classifiers mean_k log(mean_batch p_k +
 1e-6)`` on the target predictions (TLlib ``mcd.py``, ``--trade-off-entropy``): it is smallest when
@@ -34,6 +35,8 @@ Losses: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled st
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -47,6 +50,14 @@ from crosstask.registry import METHODS
 
 class MCDConfig(AdaptationConfig, ReversalConfig):
     """``reversal``: the weight of the features' side of the game (after warm-up)."""
+
+    schedule: Literal["alternating", "simultaneous"] = Field(
+        default="alternating",
+        description="alternating: classifier and feature steps take turns (the paper); simultaneous: both each step",
+    )
+    generator_steps: int = Field(
+        default=4, ge=1, description="alternating: feature steps after each classifier step (the paper's n)"
+    )
 
     balance: bool = Field(
         default=True, description="add TLlib's class-balance term on the target predictions as loss 'balance'"
@@ -85,9 +96,14 @@ class MCD(Adaptation):
             for view in (views.source, views.labeled_target)
             if view is not None
         ]
-        features = scale_gradient(views.target.features, coefficient)
-        p1 = torch.softmax(call_with_reversed_parameters(first, features).float(), dim=1)
-        p2 = torch.softmax(call_with_reversed_parameters(second, features).float(), dim=1)
+        features, classifiers = scale_gradient(views.target.features, coefficient), 1.0
+        if self.config.schedule == "alternating":
+            if self.step % (1 + self.config.generator_steps) == 0:  # the classifiers' turn: features fixed
+                features = views.target.features.detach()
+            else:  # the features' turn: the classifiers fixed
+                classifiers = 0.0
+        p1 = torch.softmax(call_with_reversed_parameters(first, features, classifiers).float(), dim=1)
+        p2 = torch.softmax(call_with_reversed_parameters(second, features, classifiers).float(), dim=1)
         losses = {"second_classifier": sum(supervised), "transfer": classifier_discrepancy(p1, p2)}
         if self.config.balance:
             second_target = torch.softmax(second(views.target.features).float(), dim=1)
