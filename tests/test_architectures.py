@@ -222,6 +222,19 @@ def test_a_trained_gated_model_loads_back(tmp_path: Path) -> None:
     assert all(torch.equal(value, theirs[key]) for key, value in model.state_dict().items())
 
 
+@pytest.mark.parametrize(("name", "old"), [("mmoe", "task_gates"), ("dselect_k", "selection")])
+def test_expert_mixtures_load_checkpoints_with_their_older_gate_names(name: str, old: str) -> None:
+    model = build(name)
+    x = sample("mlp")
+    expected = model(x)
+    legacy = {k.replace(".gating.", f".{old}."): v for k, v in model.state_dict().items()}
+    assert any(f".{old}." in k for k in legacy)
+    fresh = build(name, seed=1)
+    fresh(x)  # size the lazy gates
+    fresh.load_state_dict(legacy)
+    assert all(torch.equal(a, b) for a, b in zip(expected.values(), fresh(x).values(), strict=True))
+
+
 # ----------------------------------------------------------------------------- soft sharing
 
 

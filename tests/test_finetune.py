@@ -153,6 +153,11 @@ def test_delta_attention_weights_sum_to_one_and_follow_the_loss_rise() -> None:
     assert weights[0] > weights[1] == weights[3] > weights[2]
     assert torch.allclose(attention_weights(rise * 100 + 7), weights)  # the loss's scale does not matter
     assert torch.allclose(attention_weights(torch.ones(5)), torch.full((5,), 0.2))
+    z = (rise - rise.mean()) / rise.std(correction=0)
+    assert torch.allclose(weights, torch.softmax(z / 5, 0))  # TLlib: population std, temperature 5
+    assert attention_weights(rise, temperature=0.5).max() > weights.max()  # colder: more peaked
+    with pytest.raises(RunError, match="not finite"):
+        attention_weights(torch.tensor([1.0, float("nan")]))
 
 
 def test_zeroing_a_channel_measures_how_much_the_loss_needs_it() -> None:
@@ -173,6 +178,10 @@ def test_zeroing_a_channel_measures_how_much_the_loss_needs_it() -> None:
 def test_delta_with_attention_weights_the_channels_the_task_needs(tmp_path: Path) -> None:
     x, y = data(n=256)
     model = mlp_model(hidden=(16,))
+    with torch.no_grad():  # units 0-3 are dead (always 0 after the ReLU): zeroing them costs nothing
+        layer = model.architecture.trunk.backbone.layer1[0]
+        layer.weight[:4] = 0.0
+        layer.bias[:4] = -1.0
     delta = {"name": "delta", "alpha": 1.0, "beta": 0.0, "probe_steps": 50, "attention_batches": 3}
     result = ct.fit(
         model,
@@ -186,7 +195,7 @@ def test_delta_with_attention_weights_the_channels_the_task_needs(tmp_path: Path
         "delta"
     ]["channel_weights"]
     assert weights.shape == (16,) and float(weights.sum()) == pytest.approx(1.0)
-    assert float(weights.max() / weights.min()) > 2  # not the uniform 1/C
+    assert bool((weights[:4] < 1 / 16).all()) and int(weights.argmax()) >= 4  # dead units weigh least
     method = erm(mlp_model(hidden=(16,)), regularizers=[delta])
     with pytest.raises(RunError, match="channel attention was not computed"):
         step(method, x, y)  # steps by hand without prepare()

@@ -195,12 +195,58 @@ def test_select_on_the_command_line_reports_the_choices(sweep: list[Path]) -> No
     assert bad.returncode != 0 and "target_test/t0/accuracy" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def copied_run(tmp_path: Path, run: Path, name: str, config=None, summary=None) -> Path:
+    """A run directory with ``run``'s files, its config and summary changed by the given functions."""
+    target = tmp_path / name
+    target.mkdir()
+    loaded = yaml.safe_load((run / "config.yaml").read_text())
+    (target / "config.yaml").write_text(yaml.safe_dump(config(loaded) if config else loaded))
+    data = json.loads((run / "summary.json").read_text())
+    (target / "summary.json").write_text(json.dumps(summary(data) if summary else data))
+    return target
+
+
+def test_select_compares_the_validation_data_not_the_rest_of_the_config(
+    tmp_path: Path, sweep: list[Path]
+) -> None:
+    def batch_size(config):
+        config["data"]["train"]["target"]["batch_size"] = 7
+        return config
+
+    def other_target(config):
+        config["data"]["train"]["target"]["dataset"]["shift"] = 3.0
+        return config
+
+    bigger = copied_run(tmp_path, sweep[0], "batch", config=batch_size)
+    assert bigger in ct.select_runs([*sweep, bigger]).scores["snd"]  # a swept batch size is fine
+    shifted = copied_run(tmp_path, sweep[0], "shifted", config=other_target)
+    with pytest.raises(ct.RunError, match="different data"):
+        ct.select_runs([*sweep, shifted])
+
+
 def test_select_refuses_runs_it_cannot_compare(tmp_path: Path, sweep: list[Path]) -> None:
     other = ct.run(
         _config(tmp_path, {"validators": ["snd"], "target": "target", "source": "target_test"})
     ).run_dir
     with pytest.raises(ct.RunError, match="different data"):
         ct.select_runs([*sweep, other])
+
+    def only_entropy(summary):
+        summary["validators"] = {"entropy": summary["validators"]["entropy"]}
+        return summary
+
+    def only_snd(summary):
+        summary["validators"] = {"snd": summary["validators"]["snd"]}
+        return summary
+
+    disjoint = [
+        copied_run(tmp_path, sweep[0], "a", summary=only_entropy),
+        copied_run(tmp_path, sweep[1], "b", summary=only_snd),
+    ]
+    with pytest.raises(ct.RunError, match="share no validator"):
+        ct.select_runs(disjoint)
+    done = run_cli("select", *map(str, disjoint))
+    assert done.returncode != 0 and "share no validator" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(ct.RunError, match="not reported by every usable run"):
         ct.select_runs(sweep, ["dev"])
     with pytest.raises(ct.RunError, match="no summary.json"):
@@ -213,10 +259,11 @@ def test_select_refuses_runs_it_cannot_compare(tmp_path: Path, sweep: list[Path]
     assert done.returncode != 0 and "Traceback" not in done.stderr and "nowhere" in done.stderr
 
 
-def test_diverged_runs_are_left_out_and_said_so(tmp_path: Path, sweep: list[Path]) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.yaml").write_text((sweep[0] / "config.yaml").read_text())
-    (broken / "summary.json").write_text(json.dumps({"status": "diverged", "validators": {}}))
-    selection = ct.select_runs([*sweep, broken])
-    assert selection.skipped == {broken: "status diverged"} and broken not in selection.scores["snd"]
+def test_diverged_and_interrupted_runs_are_left_out_and_said_so(tmp_path: Path, sweep: list[Path]) -> None:
+    broken = copied_run(tmp_path, sweep[0], "broken", summary=lambda s: {**s, "status": "diverged"})
+    stopped = copied_run(
+        tmp_path, sweep[1], "stopped", summary=lambda s: {**s, "status": "interrupted", "step": 20}
+    )
+    selection = ct.select_runs([*sweep, broken, stopped])
+    assert selection.skipped == {broken: "status diverged", stopped: "status interrupted at step 20 of 30"}
+    assert broken not in selection.scores["snd"] and stopped not in selection.scores["snd"]

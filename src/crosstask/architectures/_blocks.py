@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,8 @@ class ExpertMixture(Architecture):
     DSelect-k). Subclasses fill ``self.gating`` with one module per task (in task order) that maps the input
     to ``(n, E)`` weights. The shared representation is the stacked expert outputs ``(n, E, d)``."""
 
+    legacy_gating: ClassVar[str | None] = None  # the gating's name in checkpoints written before this base
+
     def __init__(
         self, config: ComponentConfig, make_trunk: Callable[[], Trunk], tasks: list[Task], experts: int
     ):
@@ -70,6 +73,15 @@ class ExpertMixture(Architecture):
         self.experts = nn.ModuleList(make_trunk() for _ in range(experts))
         self.gating = nn.ModuleList()
         self._gates: dict[str, Tensor] = {}
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        if self.legacy_gating:  # older checkpoints keep loading
+            old = f"{prefix}{self.legacy_gating}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}gating.{key[len(old) :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         shared = torch.stack([expert(x) for expert in self.experts], dim=1)  # (n, E, d)

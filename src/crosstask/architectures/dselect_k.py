@@ -127,6 +127,7 @@ class DSelectK(ExpertMixture):
     """Shared experts; each task's DSelect-k gate picks at most k of them through smooth binary codes."""
 
     config: DSelectKConfig
+    legacy_gating = "selection"
 
     def __init__(self, config: DSelectKConfig, make_trunk: Callable[[], Trunk], tasks: list[Task]):
         super().__init__(config, make_trunk, tasks, config.experts)

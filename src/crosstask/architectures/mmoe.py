@@ -36,6 +36,7 @@ class MMoE(ExpertMixture):
     """Experts shared by all tasks, mixed by one softmax gate per task computed from the input."""
 
     config: MMoEConfig
+    legacy_gating = "task_gates"
 
     def __init__(self, config: MMoEConfig, make_trunk: Callable[[], Trunk], tasks: list[Task]):
         super().__init__(config, make_trunk, tasks, config.experts)

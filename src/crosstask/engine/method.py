@@ -112,19 +112,28 @@ class Method:
     ) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
         """The loss of every (stream, task) pair with labels (one forward pass per stream), and the shared
         representation when there is a single stream (weightings may work on it)."""
-        losses, shared = {}, None
-        for spec in streams:
-            data = batch[spec.name]
-            output = self.model.forward_all(data.x)
-            for task in spec.tasks:
-                losses[spec.name, task] = task_loss(
-                    self.tasks[task], output.outputs[task], data.y[task], masked=task not in data.complete
-                )
-            shared = output.shared if len(streams) == 1 else None
-        return losses, shared
+        return labeled_losses(self.model, batch, streams)
 
     def state_dict(self) -> dict[str, Any]:
         return {"modules": self.modules.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.modules.load_state_dict(state["modules"])
+
+
+def labeled_losses(
+    model: MultiTaskModel, batch: dict[str, Batch], streams: list[StreamSpec]
+) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
+    """``model``'s loss on every (stream, task) pair with labels, and the shared representation when there
+    is a single stream."""
+    tasks = {t.name: t for t in model.tasks}
+    losses, shared = {}, None
+    for spec in streams:
+        data = batch[spec.name]
+        output = model.forward_all(data.x)
+        for task in spec.tasks:
+            losses[spec.name, task] = task_loss(
+                tasks[task], output.outputs[task], data.y[task], masked=task not in data.complete
+            )
+        shared = output.shared if len(streams) == 1 else None
+    return losses, shared

@@ -109,14 +109,14 @@ class Trainer:
             log.warning(
                 "nothing to resume in %s (no checkpoints/last.pt yet): starting from step 0", self.run_dir
             )
-        if self.step == 0:  # a fresh run: what the method computes from data before training
-            self.method.prepare(lambda: next(self.streams))
         self.metrics_log.truncate_after(self.step)
         self._started = time.perf_counter()
         status, final, evaluated_at, saved_at = "completed", {}, None, None
         self.progress.start(self.config.steps, self.step, self.name)
         try:
             with self._stop_on_signals():
+                if self.step == 0:  # a fresh run: what the method computes from data before training
+                    self.method.prepare(lambda: next(self.streams))
                 self.model.train()
                 while self.step < self.config.steps:
                     self._train_step()

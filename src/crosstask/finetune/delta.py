@@ -8,12 +8,14 @@ of the model and of the starting point on the same training inputs, plus L2 on t
 
 **Attention** (``attention: true``, the default, the paper's Section 3.3): ``W_j`` is larger for the
 channels the task needs. Before the first step (:meth:`DELTA.prepare`), a probe — the starting point with
-fresh heads, only the heads training (Adam, ``probe_steps`` steps) — learns the target task on the frozen
-starting features; then, on ``attention_batches`` training batches, each channel ``j`` of each chosen layer
+fresh heads, only its layers outside the backbone training (heads, bottleneck; Adam, ``probe_steps``
+steps) — learns the target task on the frozen backbone; then, on ``attention_batches`` training batches, each channel ``j`` of each chosen layer
 is zeroed in turn (the paper zeroes the channel's filter) and the rise of the probe's loss is averaged:
-``W = softmax(standardize(rise))`` per layer. Standardizing across the layer's channels first (as the
-Transfer-Learning-Library does) makes the weights independent of the loss's scale; the softmax makes them
-sum to one per layer, like the uniform weights ``1/C`` of ``attention: false`` (the unweighted variant,
+``W = softmax(standardize(rise) / T)`` per layer. The paper's softmax over the raw rises depends on the loss's
+scale; the Transfer-Learning-Library's ``delta.py`` standardizes the rises across the layer's channels (mean
+0, population standard deviation 1) and divides by ``T = 5`` (``temperature``) before the softmax, and so do
+we: the weights then do not depend on the loss's scale, and no handful of channels takes all the weight.
+They sum to one per layer, like the uniform weights ``1/C`` of ``attention: false`` (the unweighted variant,
 which skips the probe). The weights are fixed for the run and saved in its checkpoints, so a resumed run keeps
 them. The cost is one forward pass per channel and attention batch, once.
 
@@ -35,9 +37,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from crosstask.data.streams import Batch
-from crosstask.engine.method import StreamSpec
+from crosstask.engine.method import StreamSpec, labeled_losses
 from crosstask.errors import RunError
-from crosstask.evaluation.losses import task_loss
 from crosstask.finetune.base import Regularizer, StreamForward, new_parameters, squared_norm
 from crosstask.modules.heads import fresh_copy
 from crosstask.registry import REGULARIZERS, ComponentConfig
@@ -59,7 +60,12 @@ class DELTAConfig(ComponentConfig):
     probe_steps: int = Field(default=100, ge=1, description="attention: steps training the probe's heads")
     probe_lr: float = Field(default=0.01, gt=0.0, description="attention: Adam learning rate of the probe")
     attention_batches: int = Field(
-        default=4, ge=1, description="attention: training batches the loss rise of a zeroed channel averages"
+        default=10, ge=1, description="attention: training batches the loss rise of a zeroed channel averages"
+    )
+    temperature: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="attention: softmax temperature over the standardized rises (TLlib: 5)",
     )
 
 
@@ -85,7 +91,7 @@ def channel_distance(current: Tensor, reference: Tensor, weights: Tensor | None 
     per_channel = difference.flatten(2).pow(2).sum(-1) if difference.dim() > 2 else difference.pow(2)
     if weights is None:
         return per_channel.mean()
-    return (per_channel.mean(0) * weights.to(per_channel.device)).sum()
+    return (per_channel.mean(0) * weights).sum()
 
 
 @contextmanager
@@ -124,12 +130,18 @@ def loss_rise(
     return rises
 
 
-def attention_weights(rise: Tensor) -> Tensor:
-    """``softmax(standardize(rise))``: sums to one; equal weights when every channel matters equally."""
-    spread = rise.std() if len(rise) > 1 else rise.new_zeros(())
+def attention_weights(rise: Tensor, temperature: float = 5.0) -> Tensor:
+    """``softmax(standardize(rise) / temperature)``: sums to one; equal weights when every channel matters
+    equally."""
+    if not bool(torch.isfinite(rise).all()):
+        raise RunError(
+            "delta: the channel attention's loss rises are not finite (the probe diverged); lower "
+            "probe_lr or set attention: false"
+        )
+    spread = rise.std(correction=0)
     if not bool(spread > 1e-12):
         return torch.full_like(rise, 1.0 / len(rise))
-    return torch.softmax((rise - rise.mean()) / spread, dim=0)
+    return torch.softmax((rise - rise.mean()) / spread / temperature, dim=0)
 
 
 @REGULARIZERS.register("delta", config=DELTAConfig)
@@ -157,22 +169,17 @@ class DELTA(Regularizer):
         """Compute the channel attention (see the module docstring) from training batches."""
         if not self.config.attention:
             return
-        probe = copy.deepcopy(self.start)  # frozen, eval mode; only its fresh heads train
+        probe = copy.deepcopy(self.start)  # frozen, eval mode; its new layers (fresh heads) train
         for name, head in list(probe.heads.items()):
-            probe.heads[name] = fresh_copy(head).requires_grad_(True)
-        tasks = {t.name: t for t in probe.tasks}
+            probe.heads[name] = fresh_copy(head)
+        trained = new_parameters(probe)
+        for param in trained:
+            param.requires_grad_(True)
 
         def loss(batch: dict[str, Batch]) -> Tensor:
-            total = 0.0
-            for spec in streams:
-                data = batch[spec.name]
-                outputs = probe.forward_all(data.x).outputs
-                for task in spec.tasks:
-                    masked = task not in data.complete
-                    total = total + task_loss(tasks[task], outputs[task], data.y[task], masked=masked)
-            return total
+            return sum(labeled_losses(probe, batch, list(streams))[0].values())
 
-        optimizer = torch.optim.Adam(probe.heads.parameters(), lr=self.config.probe_lr)
+        optimizer = torch.optim.Adam(trained, lr=self.config.probe_lr)
         for _ in range(self.config.probe_steps):
             optimizer.zero_grad(set_to_none=True)
             loss(draw()).backward()
@@ -184,13 +191,21 @@ class DELTA(Regularizer):
             self.config.attention_batches,
         )
         rises = loss_rise(loss, layers, [draw() for _ in range(self.config.attention_batches)])
-        self.channel_weights = [attention_weights(rise) for rise in rises]
+        self._set_weights([attention_weights(rise, self.config.temperature) for rise in rises])
+
+    def _set_weights(self, weights: list[Tensor] | None) -> None:
+        device = next(self.start.parameters()).device
+        self.channel_weights = None if weights is None else [w.to(device) for w in weights]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"channel_weights": self.channel_weights}
+        return {
+            "channel_weights": None
+            if self.channel_weights is None
+            else [w.cpu() for w in self.channel_weights]
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.channel_weights = state.get("channel_weights")
+        self._set_weights(state.get("channel_weights"))
 
     @contextmanager
     def watch(self) -> Iterator[None]:

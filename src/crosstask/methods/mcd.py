@@ -18,7 +18,10 @@ the source losses (step A). The classifiers' side is written as reversed gradien
 (:func:`~crosstask.modules.grl.call_with_reversed_parameters`) so that ``transfer`` is ``d`` itself (≥ 0)
 rather than ``−d``; the gradients are the same. ``schedule: simultaneous`` plays both sides in every step
 (the classifiers reversed, the features plain): on our toy shifts this gradient descent-ascent oscillated,
-sometimes below source-only, where the alternating game settled above it. The features' side is multiplied by ``reversal`` after
+sometimes below source-only, where the alternating game settled above it. One optimizer serves both
+sides, so in the features' turns the classifiers get no gradient from ``d`` but their momentum (and weight
+decay) still moves them a little; the paper and TLlib step a separate classifier optimizer only in steps A
+and B. The features' side is multiplied by ``reversal`` after
 a DANN warm-up (``warmup_steps: 1`` turns the warm-up off, as in the paper).
 
 TLlib adds a class-balance term to steps A and B, ``balance = −Σ_classifiers mean_k log(mean_batch p_k +
@@ -79,7 +82,7 @@ def class_balance(probabilities: Tensor) -> Tensor:
 class MCD(Adaptation):
     """Two classifiers maximize their target discrepancy, the features minimize it (Saito et al. 2018)."""
 
-    default_weights = {"transfer": 0.3, "balance": 0.01}  # TLlib digits trade-offs
+    default_weights = {"transfer": 0.3, "balance": 0.01}  # TLlib: digits trade-off on d, default balance
     config: MCDConfig
 
     def __init__(self, config: MCDConfig, model, streams):

@@ -8,8 +8,8 @@ chosen run is the model to keep. Where the runs also evaluated on labeled target
 what it scores there (the metrics evaluated at the picked step).
 
 Scores are only comparable when every run computed them on the same data: the runs must have the same
-``train.validation`` block and the same datasets behind its source and target domains. Runs that diverged or
-failed are left out, and said so.
+``train.validation`` block, data root and datasets behind its source and target domains (batch sizes and
+everything else may differ). Runs that diverged, failed or were interrupted are left out, and said so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from crosstask.engine.run_dir import RunDir
 from crosstask.errors import RunError
 
-UNUSABLE = ("diverged", "failed")
+UNUSABLE = ("diverged", "failed", "interrupted")  # interrupted: its picks cover part of its training
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,18 @@ class RunSelection:
 
 
 def _validation_inputs(run: Path) -> dict[str, Any]:
-    """The run's ``train.validation`` block and the data entries of the domains it reads."""
+    """The run's ``train.validation`` block, its data root and the datasets of the domains it reads (as the
+    run resolved them: an evaluation domain wins over a training stream of the same name)."""
     config_path = RunDir(run).config
     if not config_path.is_file():
         raise RunError(f"{run} is not a run directory (no config.yaml)")
     config = yaml.safe_load(config_path.read_text()) or {}
     validation = (config.get("train") or {}).get("validation")
     data = config.get("data") or {}
-    domains = {**(data.get("eval") or {}), **(data.get("train") or {})}
+    domains = {**(data.get("train") or {}), **(data.get("eval") or {})}
     names = [validation.get("target"), validation.get("source")] if isinstance(validation, dict) else []
-    return {"validation": validation, "domains": {n: domains.get(n) for n in names if n}}
+    datasets = {n: (domains.get(n) or {}).get("dataset") for n in names if n}
+    return {"validation": validation, "root": data.get("root"), "datasets": datasets}
 
 
 def select_runs(
@@ -82,14 +84,21 @@ def select_runs(
     for run in runs:
         summary = RunDir(run).read_summary()  # a clear error for a missing or unfinished run
         inputs = _validation_inputs(run)
-        if summary.get("status") in UNUSABLE:
-            skipped[run] = f"status {summary['status']}"
+        status = summary.get("status")
+        if status in UNUSABLE:
+            skipped[run] = f"status {status}" + (
+                f" at step {summary.get('step')} of {summary.get('steps')}" if status == "interrupted" else ""
+            )
             continue
         if not summary.get("validators"):
+            if inputs["validation"]:
+                raise RunError(
+                    f"{run} has train.validation but no validator picks: it never evaluated (set "
+                    "train.eval_every) or no score was finite"
+                )
             raise RunError(
-                f"{run} has no validator picks: its config has no train.validation (or it never evaluated). "
-                "Train every candidate with the same train.validation block, e.g. {validators: [snd, entropy], "
-                "target: target}"
+                f"{run} has no validator picks: its config has no train.validation. Train every candidate "
+                "with the same train.validation block, e.g. {validators: [snd, entropy], target: target}"
             )
         if reference is None:
             reference = (run, inputs)
@@ -104,6 +113,11 @@ def select_runs(
         raise RunError("no run is usable: " + "; ".join(f"{run}: {why}" for run, why in skipped.items()))
     common = set.intersection(*(set(p) for p in picks.values()))
     names = list(validators) if validators else sorted(common)
+    if not names:
+        raise RunError(
+            "the runs share no validator: "
+            + "; ".join(f"{run}: {', '.join(sorted(p)) or 'none'}" for run, p in picks.items())
+        )
     missing = [n for n in names if n not in common]
     if missing:
         raise RunError(
