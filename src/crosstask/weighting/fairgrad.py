@@ -38,30 +38,20 @@ from torch import Tensor
 
 from crosstask.errors import SolverError
 from crosstask.registry import WEIGHTINGS
-from crosstask.weighting.base import BalanceContext, GradientWeighting, GradientWeightingConfig
-from crosstask.weighting.nash_mtl import RESOLUTION, active_gram, norm_cap
+from crosstask.weighting.base import BalanceContext, GradientWeighting
+from crosstask.weighting.nash_mtl import RESOLUTION, GramSystemConfig, active_gram, norm_cap
 from crosstask.weighting.solvers import gram
 
 EPS = float(np.finfo(np.float64).eps)
 
 
-class FairGradConfig(GradientWeightingConfig):
+class FairGradConfig(GramSystemConfig):
     alpha: float = Field(
         default=1.0,
         ge=0.1,
         le=20.0,
         description="α of α-fairness: 1 proportional (= Nash-MTL), 2 minimum delay, large → max-min "
         "(authors' code default 1.0)",
-    )
-    max_norm: float = Field(
-        default=1.0, ge=0.0, description="cap on the norm of the direction, 0 for none (authors' code: 1.0)"
-    )
-    ridge: float = Field(
-        default=1e-8,
-        ge=0.0,
-        le=1e-2,
-        description="ridge · M_ii added to the Gram matrix's diagonal: keeps a singular or Pareto-stationary "
-        "problem well-posed",
     )
     tol: float = Field(
         default=1e-9, gt=0.0, le=1e-3, description="solver tolerance on max |w_i^(1/α) (Mw)_i − 1|"

@@ -56,12 +56,11 @@ EPS = float(np.finfo(np.float64).eps)
 RESOLUTION = 1e-2  # converged "to rounding" only counts while rounding blurs the equations by less than this
 
 
-class NashMTLConfig(GradientWeightingConfig):
-    update_every: int = Field(
-        default=1, ge=1, description="recompute the weights every N optimizer steps (paper's code: 1)"
-    )
+class GramSystemConfig(GradientWeightingConfig):
+    """Keys shared by the weightings that solve a nonlinear system in the Gram matrix (Nash-MTL, FairGrad)."""
+
     max_norm: float = Field(
-        default=1.0, ge=0.0, description="cap on the norm of the direction, 0 for none (paper's code: 1.0)"
+        default=1.0, ge=0.0, description="cap on the norm of the direction, 0 for none (authors' code: 1.0)"
     )
     ridge: float = Field(
         default=1e-8,
@@ -69,6 +68,12 @@ class NashMTLConfig(GradientWeightingConfig):
         le=1e-2,
         description="ridge · M_ii added to the Gram matrix's diagonal: keeps a singular or Pareto-stationary "
         "problem well-posed",
+    )
+
+
+class NashMTLConfig(GramSystemConfig):
+    update_every: int = Field(
+        default=1, ge=1, description="recompute the weights every N optimizer steps (paper's code: 1)"
     )
     tol: float = Field(default=1e-10, gt=0.0, le=1e-3, description="solver tolerance on max |α_i (Mα)_i − 1|")
     max_iter: int = Field(default=100, ge=1, description="Newton iterations before a SolverError")
