@@ -9,7 +9,8 @@ what it scores there (the metrics evaluated at the picked step).
 
 Scores are only comparable when every run computed them on the same data: the runs must have the same
 ``train.validation`` block, data root and datasets behind its source and target domains (batch sizes and
-everything else may differ). Runs that diverged, failed or were interrupted are left out, and said so.
+everything else may differ; runs of ``ct.fit`` on in-memory datasets can only be compared by the datasets'
+descriptions). Runs that diverged, failed or were interrupted are left out, and said so.
 """
 
 from __future__ import annotations
