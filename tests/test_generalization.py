@@ -328,6 +328,45 @@ def test_coral_adapts_to_an_unlabeled_target(tmp_path: Path) -> None:
     assert result.metrics["target_test/t0/accuracy"] > 60
 
 
+def nuisance(n: int, seed: int, spread: float) -> ct.ArrayDataset:
+    """Two classes at x₁ = ±1 (σ = 0.5) and a nuisance feature x₂ ~ N(0, spread²)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x1 = torch.where(y == 1, 1.0, -1.0) + 0.5 * torch.randn(n, generator=g)
+    return ct.ArrayDataset(torch.stack([x1, spread * torch.randn(n, generator=g)], 1), {"y": y})
+
+
+def test_coral_undoes_a_covariance_shift(tmp_path: Path) -> None:
+    """A pure covariance shift: the nuisance feature barely varies on the source (σ 0.05) and varies a lot on
+    the target (σ 3). Source-only training keeps whatever weight x₂ got at initialization, which the target's
+    x₂ turns into errors; CORAL matches the feature covariances, which drives that weight out (the Bayes
+    accuracy from x₁ alone is 97.7 %). Seeds 0-3: source-only 88.1, 95.3, 91.4, 80.9; CORAL 90.8, 96.5, 95.1,
+    92.8."""
+    scores: dict[str, list[float]] = {"erm": [], "coral": []}
+    for seed in range(4):
+        for name in scores:
+            torch.manual_seed(seed)
+            model = ct.MultiTaskModel(
+                {"name": "mlp", "hidden": [64, 64]}, [ct.Task("y", num_classes=2)], input_shape=(2,)
+            )
+            result = ct.fit(
+                model,
+                method=name,
+                source=nuisance(512, 1, 0.05),
+                target=nuisance(512, 2, 3.0),
+                eval={"test": nuisance(512, 3, 3.0)},
+                steps=500,
+                batch_size=64,
+                optim={"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                weighting={"name": "static", "weights": {"transfer": 10.0}} if name == "coral" else "static",
+                output_dir=tmp_path / f"{name}{seed}",
+                seed=seed,
+            )
+            scores[name].append(result.metrics["test/y/accuracy"])
+    assert all(c >= e for c, e in zip(scores["coral"], scores["erm"], strict=True))
+    assert sum(scores["coral"]) / 4 > sum(scores["erm"]) / 4 + 3
+
+
 def test_generalization_config_errors(tmp_path: Path) -> None:
     one_domain = dg_config(tmp_path, {"name": "irm"})
     one_domain["data"]["train"] = {"d0": synthetic(0)}
