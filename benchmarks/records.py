@@ -86,16 +86,27 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(suite: str, records: list[Record], options: dict[str, Any]) -> tuple[Path, Path]:
+def write_results(
+    suite: str, records: list[Record], options: dict[str, Any], keep_other_methods: bool = False
+) -> tuple[Path, Path]:
+    """Write ``<suite>.json`` and ``.md``. With ``keep_other_methods`` (a run of some methods only), the
+    records of the other methods already in the file stay, and ``options["kept"]`` names them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{suite}.json"
+    rows = [asdict(r) for r in records]
+    if keep_other_methods and json_path.exists():
+        measured = {r["method"] for r in rows}
+        kept = [r for r in json.loads(json_path.read_text())["records"] if r["method"] not in measured]
+        if kept:
+            options = {**options, "kept": sorted({r["method"] for r in kept})}
+            rows += kept
     payload = {
         "suite": suite.removesuffix(".quick"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "options": options,
-        "records": [asdict(r) for r in records],
+        "records": rows,
     }
-    json_path = RESULTS / f"{suite}.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     md_path = RESULTS / f"{suite}.md"
     md_path.write_text(markdown(payload))

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         options["minutes"] = round((time.perf_counter() - started) / 60, 1)
         # a quick or shortened run never overwrites the real results
         suffix = ".quick" if args.quick else (f"_{args.steps}steps" if args.steps else "")
-        json_path, md_path = write_results(name + suffix, records, options)
+        # a run of some methods (--methods) keeps the other methods' results in the file
+        json_path, md_path = write_results(name + suffix, records, options, args.methods is not None)
         print(md_path.read_text())
         print(f"wrote {json_path} and {md_path}")
     return 0
