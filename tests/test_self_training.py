@@ -153,10 +153,17 @@ def test_fixmatch_resumes_bitwise_with_its_augmentation_generator(tmp_path: Path
     )
 
 
-@pytest.mark.parametrize("method", ["pseudo_label", "fixmatch"])
-def test_self_training_beats_source_only_on_a_clustered_shift(method: str, tmp_path: Path) -> None:
-    # the target clusters are rotated by 50 degrees and tight: source-only cuts through them, the gaps
-    # between them are where self-training moves the boundaries
+@pytest.mark.parametrize(
+    ("method", "margin", "floor"),
+    [("pseudo_label", 6, 96), ("fixmatch", 6, 96), ("mcd", 5, 0), ("mdd", 5, 0)],
+)
+def test_target_aware_methods_beat_source_only_on_a_clustered_shift(
+    method: str, margin: float, floor: float, tmp_path: Path
+) -> None:
+    """The target clusters are rotated by 50 degrees and tight: source-only cuts through them, and the gaps
+    between them are where self-training moves the boundaries, and where MCD and MDD push them out of dense
+    target regions (seeds 0-2: MCD 94.7-99.3 %, MDD 98.7-99.8 %, source-only 86.2-91.8 %; MCD's
+    simultaneous schedule oscillates there: 41-90 %)."""
     source, target, test = clusters(600, 0), clusters(600, 1, rotate=50, std=0.3), clusters(600, 2, 50, 0.3)
     scores = {}
     for name in ("erm", method):
@@ -164,21 +171,7 @@ def test_self_training_beats_source_only_on_a_clustered_shift(method: str, tmp_p
         result = fit(mlp(), name, tmp_path, source=source, target=target, eval={"test": test}, steps=300)
         scores[name] = result.metrics["test/y/accuracy"]
     assert 75 < scores["erm"] < 92  # mostly right, not solved
-    assert scores[method] > scores["erm"] + 6 and scores[method] > 96
-
-
-@pytest.mark.parametrize("method", ["mcd", "mdd"])
-def test_boundary_methods_beat_source_only_on_a_clustered_shift(method: str, tmp_path: Path) -> None:
-    """MCD and MDD push the decision boundaries out of dense target regions, which is what this shift
-    needs (seeds 0-2: MCD 94.7-99.3 %, MDD 98.7-99.8 %, source-only 86.2-91.8 %; AFN gains only 2-8 points
-    here, and MCD's simultaneous schedule oscillates: 41-90 %)."""
-    source, target, test = clusters(600, 0), clusters(600, 1, rotate=50, std=0.3), clusters(600, 2, 50, 0.3)
-    scores = {}
-    for name in ("erm", method):
-        torch.manual_seed(0)
-        result = fit(mlp(), name, tmp_path, source=source, target=target, eval={"test": test}, steps=300)
-        scores[name] = result.metrics["test/y/accuracy"]
-    assert scores[method] > scores["erm"] + 5
+    assert scores[method] > scores["erm"] + margin and scores[method] > floor
 
 
 def test_afn_beats_source_only_on_a_clustered_shift_on_average(tmp_path: Path) -> None:
