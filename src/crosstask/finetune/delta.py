@@ -57,7 +57,9 @@ class DELTAConfig(ComponentConfig):
     attention: bool = Field(
         default=True, description="weight channels by how much the task needs them (the paper); false: 1/C"
     )
-    probe_steps: int = Field(default=100, ge=1, description="attention: steps training the probe's heads")
+    probe_steps: int = Field(
+        default=100, ge=1, description="attention: steps training the probe's new layers (heads, bottleneck)"
+    )
     probe_lr: float = Field(default=0.01, gt=0.0, description="attention: Adam learning rate of the probe")
     attention_batches: int = Field(
         default=10, ge=1, description="attention: training batches the loss rise of a zeroed channel averages"
