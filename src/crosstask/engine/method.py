@@ -13,7 +13,7 @@ optimized and checkpointed with the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from crosstask.data.streams import Batch
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
-from crosstask.models.model import MultiTaskModel
+from crosstask.models.model import ModelOutput, MultiTaskModel
 from crosstask.registry import ComponentConfig
 
 
@@ -112,7 +112,8 @@ class Method:
     ) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
         """The loss of every (stream, task) pair with labels (one forward pass per stream), and the shared
         representation when there is a single stream (weightings may work on it)."""
-        return labeled_losses(self.model, batch, streams)
+        losses, outputs = labeled_losses(self.model, batch, streams)
+        return losses, next(iter(outputs.values())).shared if len(outputs) == 1 else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"modules": self.modules.state_dict()}
@@ -122,18 +123,17 @@ class Method:
 
 
 def labeled_losses(
-    model: MultiTaskModel, batch: dict[str, Batch], streams: list[StreamSpec]
-) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
-    """``model``'s loss on every (stream, task) pair with labels, and the shared representation when there
-    is a single stream."""
+    model: MultiTaskModel, batch: dict[str, Batch], streams: Sequence[StreamSpec]
+) -> tuple[dict[tuple[str, str], Tensor], dict[str, ModelOutput]]:
+    """``model``'s loss on every (stream, task) pair with labels, and its output on each stream (one forward
+    pass per stream)."""
     tasks = {t.name: t for t in model.tasks}
-    losses, shared = {}, None
+    losses, outputs = {}, {}
     for spec in streams:
         data = batch[spec.name]
-        output = model.forward_all(data.x)
+        outputs[spec.name] = output = model.forward_all(data.x)
         for task in spec.tasks:
             losses[spec.name, task] = task_loss(
                 tasks[task], output.outputs[task], data.y[task], masked=task not in data.complete
             )
-        shared = output.shared if len(streams) == 1 else None
-    return losses, shared
+    return losses, outputs

@@ -118,13 +118,14 @@ def loss_rise(
     batches: Sequence[dict[str, Batch]],
 ) -> list[Tensor]:
     """Per layer, the mean over ``batches`` of ``loss(channel j zeroed) − loss`` for every channel ``j``."""
+    rises: list[Tensor] = []
     with torch.no_grad():
-        with recording(layers) as outputs:
-            loss(batches[0])
-        channels = {k: o.shape[1] for k, o in outputs}
-        rises = [torch.zeros(channels[k]) for k in range(len(layers))]
         for batch in batches:
-            base = float(loss(batch))
+            with recording(layers) as outputs:
+                base = float(loss(batch))
+            if not rises:  # each layer's channel count, from its first output
+                channels = {k: o.shape[1] for k, o in outputs}
+                rises = [torch.zeros(channels[k]) for k in range(len(layers))]
             for layer, rise in zip(layers, rises, strict=True):
                 for channel in range(len(rise)):
                     with zeroed_channel(layer, channel):
@@ -179,7 +180,7 @@ class DELTA(Regularizer):
             param.requires_grad_(True)
 
         def loss(batch: dict[str, Batch]) -> Tensor:
-            return sum(labeled_losses(probe, batch, list(streams))[0].values())
+            return sum(labeled_losses(probe, batch, streams)[0].values())
 
         optimizer = torch.optim.Adam(trained, lr=self.config.probe_lr)
         for _ in range(self.config.probe_steps):

@@ -29,13 +29,13 @@ from contextlib import ExitStack
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from torch import Tensor
 
 from crosstask.config import component
 from crosstask.data.streams import Batch
-from crosstask.engine.method import Method, StepOutput
+from crosstask.engine.method import Method, StepOutput, labeled_losses
 from crosstask.engine.optim import Stage, backbone_stages
 from crosstask.errors import ConfigError
-from crosstask.evaluation.losses import task_loss
 from crosstask.finetune.base import Regularizer, StreamForward, frozen_copy
 from crosstask.models.lora import has_lora
 from crosstask.registry import METHODS, REGULARIZERS, ComponentConfig
@@ -168,19 +168,14 @@ class ERM(Method):
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         if self.stages:
             self._unfreeze()
-        losses, forwards = {}, []
         with ExitStack() as watching:
             for regularizer in self.regularizers.values():
                 watching.enter_context(regularizer.watch())
-            for spec in self.train_streams:
-                data = batch[spec.name]
-                output = self.model.forward_all(data.x)
-                for task in spec.tasks:
-                    loss = task_loss(
-                        self.tasks[task], output.outputs[task], data.y[task], masked=task not in data.complete
-                    )
-                    losses[spec.name] = losses[spec.name] + loss if spec.name in losses else loss
-                forwards.append(StreamForward(spec.name, data.x, output))
+            pair_losses, outputs = labeled_losses(self.model, batch, self.train_streams)
+        losses: dict[str, Tensor] = {}
+        for (stream, _task), loss in pair_losses.items():  # one loss per stream: the sum over its tasks
+            losses[stream] = losses[stream] + loss if stream in losses else loss
+        forwards = [StreamForward(s.name, batch[s.name].x, outputs[s.name]) for s in self.train_streams]
         for name, regularizer in self.regularizers.items():
             losses[name] = regularizer.penalty(forwards)
         shared = forwards[0].output.shared if len(forwards) == 1 else None
