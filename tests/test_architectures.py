@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import crosstask as ct
-from crosstask.architectures.dselect_k import smooth_step
+from crosstask.models.architectures.dselect_k import smooth_step
 from crosstask.errors import ConfigError
 from crosstask.registry import ARCHITECTURES
 from tests.conftest import tiny_config

@@ -1,5 +1,8 @@
 """Single-task baselines of a multi-task experiment, run by the same tool from the same config, and Δm%.
 
+:func:`crosstask.experiment.run` with ``baselines=True`` runs them; this module only derives their configs
+and compares the results.
+
 Each baseline keeps the experiment's data, backbone, head, optimizer, schedule and training loop, and
 trains one task alone: hard sharing (a plain network), the static weighting, only the domains that label
 the task, and evaluation on the domains that evaluate it. ``crosstask run exp.yaml --baselines`` runs them
@@ -12,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from crosstask.config import Experiment, validate_config
-from crosstask.engine.run_dir import RunDir
 from crosstask.errors import ConfigError
 from crosstask.evaluation.delta_m import delta_m
 
@@ -60,21 +62,6 @@ def _for_task(metric_key: str | None, task: str, experiment: Experiment) -> str 
     main = next(t for t in experiment.tasks if t.name == task).main_metric
     candidate = f"{domain}/{task}/{main}"
     return candidate if candidate in experiment.metric_keys() else None
-
-
-def run_baselines(
-    experiment: Experiment, run_dir: RunDir, *, resume: bool = False, progress: Any = None
-) -> dict[str, Any]:
-    """Run every task's baseline into ``run_dir/baselines/<task>``; returns the results by task."""
-    from crosstask.experiment import run
-
-    results = {}
-    for task in experiment.tasks:
-        config = single_task_config(experiment, task.name)
-        results[task.name] = run(
-            config, run_dir=run_dir.path / "baselines" / task.name, resume=resume, progress=progress
-        )
-    return results
 
 
 def baseline_summary(metrics: Mapping[str, float], baselines: Mapping[str, Any]) -> dict[str, Any]:

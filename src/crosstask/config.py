@@ -28,7 +28,6 @@ from pydantic_core import PydanticCustomError
 
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
-from crosstask.models.lora import LoRAConfig
 from crosstask.registry import (
     ARCHITECTURES,
     BACKBONES,
@@ -121,6 +120,22 @@ class BottleneckConfig(StrictModel):
     dim: int = Field(ge=1)
     batch_norm: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class LoRAConfig(StrictModel):
+    """LoRA settings (``model.lora`` in a config)."""
+
+    r: int = Field(default=8, ge=1, description="rank of the update B·A")
+    alpha: float = Field(default=16.0, gt=0.0, description="scale: the update is multiplied by alpha / r")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="layers to adapt, by (the end of) their module name, e.g. [layer1, fc.1]; a container "
+        "adapts every Linear/Conv2d inside it (default: all of the backbone's)",
+    )
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    train_heads: bool = Field(
+        default=True, description="train the task heads fully (and save them with the adapter)"
+    )
 
 
 class ModelConfig(StrictModel):

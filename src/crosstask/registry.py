@@ -160,7 +160,7 @@ BACKBONES = Registry(
     "backbone", "feature extractors with forward_features + num_features", ("crosstask.models.backbones",)
 )
 HEADS = Registry("head", "per-task output layers built from Task specs", ("crosstask.models.heads",))
-ARCHITECTURES = Registry("architecture", "how tasks share a network", ("crosstask.architectures",))
+ARCHITECTURES = Registry("architecture", "how tasks share a network", ("crosstask.models.architectures",))
 METHODS = Registry("method", "what a training step computes: named losses", ("crosstask.methods",))
 WEIGHTINGS = Registry("weighting", "how named losses become one gradient", ("crosstask.weighting",))
 REGULARIZERS = Registry(

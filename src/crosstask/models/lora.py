@@ -26,34 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
+from crosstask.config import LoRAConfig, validate_python
 from crosstask.errors import ConfigError, DataError, suggest
-from crosstask.registry import StrictModel
 
-if TYPE_CHECKING:  # config.py imports LoRAConfig from here: no model imports at run time
+if TYPE_CHECKING:
     from crosstask.models.model import MultiTaskModel
 
 INSTALL = "pip install 'crosstask[lora]'"
 SUPPORTED = (nn.Linear, nn.Conv2d)
 FORMAT = "crosstask-lora"
-
-
-class LoRAConfig(StrictModel):
-    """LoRA settings (``model.lora`` in a config)."""
-
-    r: int = Field(default=8, ge=1, description="rank of the update B·A")
-    alpha: float = Field(default=16.0, gt=0.0, description="scale: the update is multiplied by alpha / r")
-    target_modules: list[str] | None = Field(
-        default=None,
-        description="layers to adapt, by (the end of) their module name, e.g. [layer1, fc.1]; a container "
-        "adapts every Linear/Conv2d inside it (default: all of the backbone's)",
-    )
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input")
-    train_heads: bool = Field(
-        default=True, description="train the task heads fully (and save them with the adapter)"
-    )
 
 
 def _peft() -> Any:
@@ -118,8 +101,6 @@ def apply_lora(
     a container stands for every Linear/Conv2d inside it. Default: every Linear and Conv2d of the backbone(s).
     Call it after loading the pretrained weights (they become the frozen ``W₀``).
     """
-    from crosstask.config import validate_python
-
     settings = validate_python(
         LoRAConfig,
         {

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, RunError
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.backbones.base import Backbone, ModuleBackbone, build_backbone
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, BACKBONES, HEADS, ComponentConfig

@@ -1,5 +1,5 @@
 """Multi-task sharing architectures, one file each, registered in ``crosstask.registry.ARCHITECTURES``."""
 
-from crosstask.architectures.base import Architecture
+from crosstask.models.architectures.base import Architecture
 
 __all__ = ["Architecture"]

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crosstask.architectures._blocks import LazyAnyRankBatchNorm, LazyProjection, checked_stages
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
+from crosstask.models.architectures._blocks import LazyAnyRankBatchNorm, LazyProjection, checked_stages
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 

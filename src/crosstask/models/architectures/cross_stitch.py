@@ -22,9 +22,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.architectures._blocks import checked_stages
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
+from crosstask.models.architectures._blocks import checked_stages
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 

@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from torch.utils.data import Dataset
 
 from crosstask.config import (
     Experiment,
-    ModelConfig,
     TrainConfig,
-    ValidationConfig,
     check_name,
     component,
     load_config,
@@ -32,10 +26,8 @@ from crosstask.config import (
     validate_config,
     validate_python,
 )
-from crosstask.data.datasets.base import load_dataset
 from crosstask.data.domains import Domain
 from crosstask.data.streams import MultiStream, Stream
-from crosstask.data.tasks import Task
 from crosstask.engine.checkpoint import read_model_checkpoint
 from crosstask.engine.logging import Progress
 from crosstask.engine.method import StreamSpec
@@ -45,9 +37,10 @@ from crosstask.engine.schedulers import build_scheduler
 from crosstask.engine.trainer import Trainer
 from crosstask.errors import ConfigError, RunError
 from crosstask.evaluation.evaluator import Evaluator
+from crosstask.experiment.build import build_domains, build_model, build_validation
+from crosstask.experiment.runtime import deterministic_mode, resolve_device, seed_everything
 from crosstask.models.model import MultiTaskModel, infer_input_shape
-from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, VALIDATORS, WEIGHTINGS, ComponentConfig
-from crosstask.validators.base import Validation
+from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,46 +58,6 @@ class RunResult:
     def metrics(self) -> dict[str, float]:
         """Evaluation metrics of the final model: ``{"<domain>/<task>/<metric>": value}``."""
         return self.summary["final"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; an explicit device must exist here."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is '{name}' but no CUDA device is available here; use auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"train.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    if device.type == "mps" and not mps:
-        raise ConfigError(f"train.device is '{name}' but MPS is not available here; use auto or cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def deterministic_mode(enabled: bool) -> Iterator[None]:
-    """Deterministic kernels while training when ``enabled``; the previous setting is restored after."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = benchmark
 
 
 # ----------------------------------------------------------------------------- the shared path
@@ -208,91 +161,7 @@ def train(
     return RunResult(run_dir.path, summary, model)
 
 
-def build_validation(
-    config: ValidationConfig | None,
-    model: MultiTaskModel,
-    train_domains: Mapping[str, Domain],
-    eval_domains: Mapping[str, Domain],
-    device: torch.device,
-    batch_size: int,
-) -> Validation | None:
-    """The validators of ``train.validation`` on the domains it names, or a config error saying what is wrong."""
-    if config is None:
-        return None
-    domains = {**train_domains, **eval_domains}
-
-    def domain(name: str, key: str) -> Domain:
-        if name not in domains:
-            raise ConfigError(
-                f"train.validation.{key}: no domain named '{name}'; data.train and data.eval have "
-                f"{', '.join(domains)}"
-            )
-        return domains[name]
-
-    tasks = {t.name: t for t in model.tasks}
-    task_name = config.task or model.tasks[0].name
-    if task_name not in tasks or tasks[task_name].kind != "classification":
-        raise ConfigError(
-            f"train.validation.task: '{task_name}' must be a classification task of the run "
-            f"({', '.join(t.name for t in model.tasks if t.kind == 'classification') or 'none'})"
-        )
-    validators = [VALIDATORS.get(v.name).obj(v) for v in config.validators]
-    needing = [v.name for v in validators if v.needs_source]
-    if needing and config.source is None:
-        raise ConfigError(
-            f"train.validation: validator(s) {', '.join(needing)} need labeled source validation data: set "
-            "train.validation.source to a data.eval domain held out from the source"
-        )
-    source = domain(config.source, "source") if config.source else None
-    if config.source is not None and config.source in train_domains:
-        log.warning(
-            "train.validation.source '%s' is a training stream: source accuracy on training data is optimistic",
-            config.source,
-        )
-    return Validation(
-        validators,
-        tasks[task_name],
-        domain(config.target, "target"),
-        source,
-        max_samples=config.max_samples,
-        device=device,
-        batch_size=batch_size,
-    )
-
-
 # ----------------------------------------------------------------------------- from a config
-
-
-def build_model(
-    config: ModelConfig, tasks: Sequence[Task], input_shape: Sequence[int] | None
-) -> MultiTaskModel:
-    model = MultiTaskModel(
-        config.backbone,
-        tasks,
-        architecture=config.architecture,
-        bottleneck=config.bottleneck.model_dump() if config.bottleneck else None,
-        head=config.head,
-        input_shape=input_shape,
-    )
-    if config.init_from is not None:
-        _, state = read_model_checkpoint(config.init_from)
-        loaded = model.load_matching(state, source=str(config.init_from))
-        log.info("initialised %d tensors from %s", len(loaded), config.init_from)
-    if config.lora is not None:
-        from crosstask.models.lora import apply_lora
-
-        apply_lora(model, **config.lora.model_dump())
-    return model
-
-
-def build_domains(experiment: Experiment, part: str) -> dict[str, Domain]:
-    root = experiment.data.root
-    return {
-        name: Domain(
-            name, load_dataset(d.dataset, root), d.labeled if part == "train" else True, d.tasks, d.batch_size
-        )
-        for name, d in getattr(experiment.data, part).items()
-    }
 
 
 def run(
@@ -350,9 +219,17 @@ def run(
         progress=progress,
     )
     if baselines:
-        from crosstask.baselines import baseline_summary, run_baselines
+        from crosstask.baselines import baseline_summary, single_task_config
 
-        result.baselines = run_baselines(experiment, directory, resume=resume, progress=progress)
+        result.baselines = {
+            task.name: run(
+                single_task_config(experiment, task.name),
+                run_dir=directory.path / "baselines" / task.name,
+                resume=resume,
+                progress=progress,
+            )
+            for task in experiment.tasks
+        }
         result.summary.update(baseline_summary(result.metrics, result.baselines))
         directory.write_json(directory.summary, result.summary)
     return result

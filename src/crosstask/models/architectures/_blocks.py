@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ComponentConfig
 

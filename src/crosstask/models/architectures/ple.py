@@ -30,10 +30,17 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.architectures._blocks import Gate, checked_stages, group_stages, mix, run, unique_parameters
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
+from crosstask.models.architectures._blocks import (
+    Gate,
+    checked_stages,
+    group_stages,
+    mix,
+    run,
+    unique_parameters,
+)
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 

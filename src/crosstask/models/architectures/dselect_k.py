@@ -30,8 +30,8 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from crosstask.architectures._blocks import ExpertMixture, upcast
 from crosstask.data.tasks import Task
+from crosstask.models.architectures._blocks import ExpertMixture, upcast
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 

@@ -13,7 +13,7 @@ hold no shared parameter, so every path from a task's output to a shared paramet
 
 from __future__ import annotations
 
-from crosstask.architectures.ple import PLE, ExpertsConfig
+from crosstask.models.architectures.ple import PLE, ExpertsConfig
 from crosstask.registry import ARCHITECTURES
 
 

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
-from crosstask.architectures.base import Architecture
 from crosstask.data.tasks import Task
+from crosstask.models.architectures.base import Architecture
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 

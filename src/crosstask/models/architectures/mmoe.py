@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from crosstask.architectures._blocks import ExpertMixture, Gate
 from crosstask.data.tasks import Task
+from crosstask.models.architectures._blocks import ExpertMixture, Gate
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 
