@@ -3,6 +3,10 @@
 python -m benchmarks.run mnist_usps --seeds 0 1 2
 python -m benchmarks.run overhead
 make bench SUITE=mnist_usps          # or SUITE=all
+
+Suites that train reuse a finished run (and continue an interrupted one) only when it was made at the
+current commit with a clean source tree and from the same config (benchmarks/runs.py); otherwise they train
+it again in a new directory. --reuse-runs accepts every existing run as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 import time
 
 from benchmarks import suites
-from benchmarks.records import write_results
+from benchmarks.records import suite_revision, write_results
 
 
 def suite_names() -> list[str]:
@@ -41,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="shorten every training run to this many steps (suites that train)",
     )
+    parser.add_argument(
+        "--reuse-runs",
+        action="store_true",
+        help="reuse finished runs (and continue interrupted ones) even when they were made at another code "
+        "revision, with uncommitted changes, or from another config; records still say what they came from",
+    )
     args = parser.parse_args(argv)
     names = suite_names() if args.suite == "all" else [args.suite]
     unknown = [n for n in names if n not in suite_names()]
@@ -48,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown suite {unknown[0]!r}; suites: {', '.join(suite_names())}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("crosstask").setLevel(logging.WARNING)
+    suite_revision()  # the code revision as the suites start (records of suites that train no runs carry it)
     for name in names:
         module = importlib.import_module(f"benchmarks.suites.{name}")
         options = {
@@ -55,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "methods": args.methods,
             "steps": args.steps,
+            "reuse_runs": args.reuse_runs,
         }
         started = time.perf_counter()
         records = module.run(options)

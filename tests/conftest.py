@@ -10,9 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+# One intra-op thread for the suite and every subprocess it starts: the tests' models are small, and
+# with other processes on the same cores extra threads only wait for each other.
+PINNED_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+os.environ.update(PINNED_THREADS)
 
-from crosstask.data.datasets.base import resolve_data_root
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from crosstask.data.datasets.base import resolve_data_root  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +91,7 @@ def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 240, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``python -m crosstask.cli ARGS`` in a subprocess, capturing its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, **PINNED_THREADS, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "crosstask.cli", *args],
         cwd=cwd,

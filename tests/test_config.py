@@ -149,3 +149,62 @@ def test_yaml_anchors_and_merge_keys_are_allowed(tmp_path: Path) -> None:
 def test_shipped_configs_validate(path: Path) -> None:
     experiment = load_config(path)
     assert experiment.name == path.stem
+
+
+def test_a_list_where_a_component_is_expected_shows_the_value(tmp_path: Path) -> None:
+    message = error_of(tmp_path, tiny_config(tmp_path, optim=["sgd"]))
+    assert "optim: expected the optimizer's name or a mapping with 'name:', got ['sgd']" in message
+    assert "got ['sgd']" in message and "!r" not in message and "{value" not in message
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
+def test_a_seed_that_does_not_fit_64_bits_is_a_config_error(tmp_path: Path, seed: int) -> None:
+    message = error_of(tmp_path, tiny_config(tmp_path, seed=seed))
+    assert f"seed = {seed}" in message and "64 bits" in message and str(2**64 - 1) in message
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), 0])
+def test_every_seed_torch_accepts_validates(tmp_path: Path, seed: int) -> None:
+    import torch
+
+    assert load_config(write(tmp_path, tiny_config(tmp_path, seed=seed))).seed == seed
+    torch.manual_seed(seed)  # the same range
+
+
+def test_cli_validate_refuses_a_huge_seed(tmp_path: Path) -> None:
+    bad = run_cli("validate", str(write(tmp_path, tiny_config(tmp_path))), f"seed={2**64}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "64 bits" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "/tmp/x", "a/b"])
+def test_run_names_must_be_one_folder_name(tmp_path: Path, name: str) -> None:
+    message = error_of(tmp_path, tiny_config(tmp_path, name=name))
+    assert f"name = {name!r}" in message and "not a run name" in message and "output_dir" in message
+
+
+def test_overriding_a_key_of_a_default_component_keeps_its_name(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    del config["optim"], config["method"]
+    experiment = load_config(write(tmp_path, config), ["optim.lr=0.01", "scheduler.warmup_steps=3"])
+    assert experiment.optim.name == "sgd" and experiment.optim.lr == 0.01
+    assert experiment.scheduler.name == "constant" and experiment.scheduler.warmup_steps == 3
+    # an explicit empty block (optim: with nothing after it) is the default too
+    config["optim"] = None
+    assert load_config(write(tmp_path, config), ["optim.lr=0.2"]).optim.lr == 0.2
+    # a block without a default component still needs its name
+    config["model"] = {}
+    assert "missing 'name:'" in error_of(tmp_path, config, ["model.backbone.hidden=[4]"])
+
+
+def test_cli_overrides_a_shipped_config_without_an_optim_block() -> None:
+    shipped = Path(__file__).parents[1] / "configs" / "adabn_digits.yaml"
+    assert "optim" not in read_yaml(shipped)
+    done = run_cli("validate", str(shipped), "optim.lr=0.01")
+    assert done.returncode == 0, done.stderr
+    assert load_config(shipped, ["optim.lr=0.01"]).optim.model_dump()["lr"] == 0.01
+
+
+def test_train_threads(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, tiny_config(tmp_path))).train.threads is None
+    assert load_config(write(tmp_path, tiny_config(tmp_path)), ["train.threads=2"]).train.threads == 2
+    assert "train.threads = 0" in error_of(tmp_path, tiny_config(tmp_path), ["train.threads=0"])

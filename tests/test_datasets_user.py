@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,29 @@ def test_tabular_non_numeric_value_in_numeric_column(tmp_path: Path) -> None:
         "age=abc"
         in tabular(tmp_path, path=str(path), labels={"y": "y"}, test_fraction=0.0).info["feature_names"]
     )
+
+
+def test_tabular_text_in_an_undeclared_numeric_column_warns_with_its_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = people(20)
+    lines[9] = "8,4O,blue,0.1,c"  # line 10 of the file: a typo in a column of numbers
+    path = write_csv(tmp_path / "typo.csv", lines)
+    data = tabular(tmp_path, path=str(path), labels={"y": "y"}, test_fraction=0.0)
+    assert "age=4O" in data.info["feature_names"]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("crosstask")]
+    assert len(warned) == 1  # the text-only column 'color' is categorical without a warning
+    message = warned[0].getMessage()
+    assert "column 'age'" in message and "'4O'" in message and "typo.csv, line 10" in message
+    assert "treated as categorical" in message and "1 of 20 values" in message
+
+
+def test_tabular_single_class_in_training_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lines = ["x,y", *[f"{i},yes" for i in range(20)]]
+    path = write_csv(tmp_path / "one.csv", lines)
+    tabular(tmp_path, path=str(path), labels={"y": "y"})
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("one.csv" in m and "labels.y" in m and "'yes'" in m and "column 'y'" in m for m in warned)
 
 
 def test_tabular_wrong_number_of_fields(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def erm(model: ct.MultiTaskModel, **options):
 
 
 def step(method, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    return method.training_step({"train": Batch(x, {"a": y}, frozenset({"a"}))}).losses
+    out = method.training_step({"train": Batch(x, {"a": y}, frozenset({"a"}))})
+    return {**out.objectives, **out.penalties}
 
 
 def backbone_state(model: ct.MultiTaskModel) -> list[torch.Tensor]:
@@ -88,7 +89,7 @@ def test_l2sp_is_zero_at_the_start_and_its_gradient_points_back_to_it() -> None:
         torch.testing.assert_close(p.grad, 0.5 * (p.detach() - p0))  # −gradient points back to w⁰
     for p in model.heads.parameters():
         torch.testing.assert_close(p.grad, 0.1 * p.detach())
-    assert "l2sp" in method.loss_names and set(step(method, *data())) == {"train", "l2sp"}
+    assert method.penalty_names == ["l2sp"] and set(step(method, *data())) == {"train", "l2sp"}
 
 
 def test_l2sp_keeps_the_backbone_near_its_start(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_resume_keeps_the_original_start_point_and_is_exact(tmp_path: Path) -> N
             "unfreeze_every": 4,
             "regularizers": [
                 {"name": "l2sp", "alpha": 1.0},
-                {"name": "lwf"},
+                {"name": "lwf", "tasks": ["a"]},
                 {"name": "delta", "probe_steps": 5, "attention_batches": 2},  # drawn before step 0
             ],
         },
@@ -201,9 +202,22 @@ def test_delta_with_attention_weights_the_channels_the_task_needs(tmp_path: Path
         step(method, x, y)  # steps by hand without prepare()
 
 
+def test_lwf_distils_the_old_tasks_by_default_and_says_when_there_are_none() -> None:
+    """The paper's setting: the old task's head is kept by distillation, the new task trains on its labels."""
+    model = ct.MultiTaskModel(
+        {"name": "mlp", "hidden": [16]},
+        [ct.Task("a", num_classes=3), ct.Task("old", num_classes=4)],
+        input_shape=(6,),
+    )
+    method = erm(model, regularizers=[{"name": "lwf"}])  # the stream labels only 'a'
+    assert method.regularizers["lwf"].tasks == ["old"]
+    with pytest.raises(ConfigError, match="old tasks"):
+        erm(mlp_model(), regularizers=[{"name": "lwf"}])  # one task, trained: nothing old to keep
+
+
 def test_lwf_is_zero_when_the_model_equals_the_old_one() -> None:
     model = mlp_model()
-    method = erm(model, regularizers=[{"name": "lwf"}])
+    method = erm(model, regularizers=[{"name": "lwf", "tasks": ["a"]}])
     x, y = data()
     assert float(step(method, x, y)["lwf"].detach()) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():

@@ -141,18 +141,26 @@ def test_vrex_variance_is_zero_for_equal_risks_and_the_variance_otherwise(
 
 
 @pytest.mark.parametrize("name", ["irm", "vrex"])
-def test_penalty_anneal_scales_the_penalty_and_asks_for_an_optimizer_reset_once(name: str) -> None:
-    method = build_method({"name": name, "anneal_steps": 5, "anneal_scale": 0.25})
+def test_penalty_anneal_scales_the_penalty_and_resets_the_optimizer_once(name: str) -> None:
+    method = build_method({"name": name, "anneal_steps": 5, "anneal_scale": 0.25, "penalty_weight": 3.0})
     batch = domain_batch()
     penalties, resets = [], []
+
+    class Trainer:  # what the method's step-start handler reads and calls
+        step = 0
+
+        def reset_optimizer_state(self) -> None:
+            resets.append(self.step)
+
+    trainer = Trainer()
     for step in (0, 4, 5, 6):
-        method.step = step
+        method.step = trainer.step = step
+        method.on_step_start(trainer)
         torch.manual_seed(0)
-        penalties.append(method.training_step(batch).losses["penalty"].item())
-        resets.append(method.reset_optimizer_state)
+        penalties.append(method.training_step(batch).penalties["penalty"].item())
     assert penalties[0] == pytest.approx(penalties[1]) and penalties[2] == pytest.approx(penalties[3])
     assert penalties[2] == pytest.approx(4 * penalties[0], rel=1e-5)
-    assert resets == [False, False, True, False]
+    assert resets == [5]
 
 
 # ----------------------------------------------------------------------------- GroupDRO
@@ -169,7 +177,7 @@ def test_groupdro_weights_concentrate_on_the_worst_domain() -> None:
 
 def test_groupdro_weights_are_method_state() -> None:
     method = build_method({"name": "groupdro", "eta": 0.5})
-    loss = method.training_step(domain_batch()).losses["risk"]
+    loss = method.training_step(domain_batch()).objectives["risk"]
     q = method.q.clone()
     assert not torch.allclose(q, torch.full((3,), 1 / 3)) and loss.requires_grad
     fresh = build_method({"name": "groupdro", "eta": 0.5})
@@ -245,13 +253,13 @@ def test_coral_loss_matches_the_formula_is_zero_for_equal_covariance_and_grows_w
 
 def test_coral_picks_adaptation_or_generalization_from_the_streams() -> None:
     generalization = build_method({"name": "coral"})
-    assert isinstance(generalization, CORALGeneralization) and generalization.loss_names == [
+    assert isinstance(generalization, CORALGeneralization) and generalization.objective_names == [
         "risk",
         "transfer",
     ]
     adaptation = build_method({"name": "coral"}, domains=1, unlabeled=1)
     assert isinstance(adaptation, DeepCORAL) and isinstance(adaptation, Adaptation)
-    assert adaptation.loss_names == ["source", "transfer"]
+    assert adaptation.objective_names == ["source", "transfer"]
     with pytest.raises(ConfigError, match="method.source applies to coral with an unlabeled target"):
         build_method({"name": "coral", "source": "d0"})
     with pytest.raises(ConfigError, match="method.domains applies to coral without target data"):
@@ -265,7 +273,7 @@ def _meta_test_gradients(first_order: bool, inner_lr: float = 0.5) -> list[torch
     torch.manual_seed(0)
     method = build_method({"name": "mldg", "inner_lr": inner_lr, "first_order": first_order}, domains=2)
     output = method.training_step(domain_batch(2))
-    output.losses["meta_test"].backward()
+    output.objectives["meta_test"].backward()
     return [p.grad for p in method.model.parameters()]
 
 
@@ -281,7 +289,7 @@ def test_mldg_meta_test_is_the_plain_risk_when_the_virtual_step_is_tiny() -> Non
     torch.manual_seed(0)
     method = build_method({"name": "mldg", "inner_lr": 1e-9}, domains=2)
     batch = domain_batch(2)
-    losses = method.training_step(batch).losses
+    losses = method.training_step(batch).objectives
     _, meta_test = method.split()
     plain = method.risks(method.views(batch, meta_test)).mean()
     assert losses["meta_test"].item() == pytest.approx(plain.item(), rel=1e-5)
@@ -293,8 +301,8 @@ def test_mldg_meta_test_is_the_plain_risk_when_the_virtual_step_is_tiny() -> Non
 
 
 METHOD_LOSSES = {
-    "irm": ({"name": "irm", "anneal_steps": 10}, ["risk", "penalty"]),
-    "vrex": ({"name": "vrex", "anneal_steps": 10}, ["risk", "penalty"]),
+    "irm": ({"name": "irm", "anneal_steps": 10, "penalty_weight": 1.0}, ["risk", "penalty"]),
+    "vrex": ({"name": "vrex", "anneal_steps": 10, "penalty_weight": 1.0}, ["risk", "penalty"]),
     "groupdro": ({"name": "groupdro"}, ["risk"]),
     "mixstyle": (
         {"name": "mixstyle", "layers": ["layer1"], "vectors": True, "mix": "crossdomain"},
@@ -313,7 +321,8 @@ def test_every_method_trains_on_synthetic_domains(tmp_path: Path, name: str) -> 
     assert result.metrics["d3/t0/accuracy"] > 60  # chance is about 50: it learned across domains
     logged = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in logged if row["phase"] == "train"]
-    assert {f"loss/{n}" for n in losses} <= set(train_rows[-1])
+    kinds = {"penalty": "penalty"}  # IRM's and V-REx's penalty is a penalty; everything else an objective
+    assert {f"{kinds.get(n, 'loss')}/{n}" for n in losses} <= set(train_rows[-1])
     if name == "mixstyle":  # the hooks only act inside training steps
         model = result.model.train()
         x = torch.randn(16, 8)
@@ -460,8 +469,8 @@ def test_irm_beats_erm_on_a_domain_where_the_spurious_feature_flips(tmp_path: Pa
     erm = _fit_planted(tmp_path, "erm", {}, (0.9, 0.8), (0.1,))
     irm = _fit_planted(
         tmp_path,
-        {"name": "irm", "anneal_steps": 50, "anneal_scale": 0.01},
-        {"penalty": 100},
+        {"name": "irm", "anneal_steps": 50, "anneal_scale": 0.01, "penalty_weight": 100},
+        {},
         (0.9, 0.8),
         (0.1,),
     )

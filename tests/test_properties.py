@@ -16,6 +16,7 @@ from crosstask.data.tasks import Task
 from crosstask.evaluation.losses import cross_entropy, mean_squared_error
 from crosstask.registry import WEIGHTINGS
 from crosstask.weighting.base import BalanceContext
+from tests.balancing import balance
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -73,7 +74,7 @@ def test_static_weighting_reproduces_the_weighted_sum(weights: list[float]) -> N
     weighting = entry.obj(entry.config(name="static", weights=dict(zip(names, weights, strict=True))), names)
     p = torch.randn(4, requires_grad=True)
     losses = {n: (p * (i + 1)).pow(2).sum() for i, n in enumerate(names)}
-    weighting.backward(losses, BalanceContext(0, [p]))
+    balance(weighting, losses, BalanceContext(0, [p]))
     expected = torch.autograd.grad(sum(w * (p * (i + 1)).pow(2).sum() for i, w in enumerate(weights)), p)[0]
     assert torch.allclose(p.grad, expected, rtol=1e-5, atol=1e-5)
 

@@ -94,12 +94,12 @@ def test_pseudo_label_step_logs_the_confident_fraction_and_ramps_up() -> None:
     }
     method.step, method.total_steps = 0, 10
     early = method.training_step(batch)
-    assert set(early.losses) == {"source", "pseudo"} and early.losses["pseudo"].item() == 0.0
+    assert set(early.objectives) == {"source", "pseudo"} and early.objectives["pseudo"].item() == 0.0
     assert 0.0 < float(early.logs["confident"]) <= 1.0
     method.step = 4  # progress 0.4: half way up the ramp
-    half = method.training_step(batch).losses["pseudo"].item()
+    half = method.training_step(batch).objectives["pseudo"].item()
     method.step = 9
-    full = method.training_step(batch).losses["pseudo"].item()
+    full = method.training_step(batch).objectives["pseudo"].item()
     assert full > 0 and half == pytest.approx(full / 2, rel=1e-5)
     with pytest.raises(ValueError, match="ramp_end"):
         PseudoLabelConfig(name="pseudo_label", ramp_start=0.5, ramp_end=0.1)
@@ -117,8 +117,8 @@ def test_fixmatch_step_forwards_source_weak_and_strong_views_together() -> None:
     }
     out = method.training_step(batch)
     assert sizes == [8 + 12 + 12]  # one joint pass: batch normalization sees all three
-    assert set(out.losses) == {"source", "consistency"} and "confident" in out.logs
-    assert out.shared.shape == (32, 32)
+    assert set(out.objectives) == {"source", "consistency"} and "confident" in out.logs
+    assert out.representation.shape == (32, 32)
     # the augmentations are reproducible from the checkpointed generator state
     state = method.state_dict()
     first = method.augment.strong(batch["target"].x)
@@ -155,23 +155,25 @@ def test_fixmatch_resumes_bitwise_with_its_augmentation_generator(tmp_path: Path
 
 @pytest.mark.parametrize(
     ("method", "margin", "floor"),
-    [("pseudo_label", 6, 96), ("fixmatch", 6, 96), ("mcd", 5, 0), ("mdd", 5, 0)],
+    [("pseudo_label", 6, 96), ("fixmatch", 6, 96), ({"name": "mcd", "trade_off": 0.3}, 5, 0), ("mdd", 5, 0)],
+    ids=["pseudo_label", "fixmatch", "mcd", "mdd"],
 )
 def test_target_aware_methods_beat_source_only_on_a_clustered_shift(
-    method: str, margin: float, floor: float, tmp_path: Path
+    method: str | dict, margin: float, floor: float, tmp_path: Path
 ) -> None:
     """The target clusters are rotated by 50 degrees and tight: source-only cuts through them, and the gaps
     between them are where self-training moves the boundaries, and where MCD and MDD push them out of dense
-    target regions (seeds 0-2: MCD 94.7-99.3 %, MDD 98.7-99.8 %, source-only 86.2-91.8 %; MCD's
-    simultaneous schedule oscillates there: 41-90 %)."""
+    target regions (seeds 0-2: MCD 94.7-99.3 % with one optimizer, 92.2 % on seed 0 with the paper's two, at
+    TLlib's digits trade-off 0.3 (at 1.0: 77.8); MDD 98.7-99.8 %, source-only 86.2-91.8 %; MCD's simultaneous
+    schedule oscillates there: 41-90 %)."""
     source, target, test = clusters(600, 0), clusters(600, 1, rotate=50, std=0.3), clusters(600, 2, 50, 0.3)
     scores = {}
-    for name in ("erm", method):
+    for key, name in (("erm", "erm"), ("method", method)):
         torch.manual_seed(0)
         result = fit(mlp(), name, tmp_path, source=source, target=target, eval={"test": test}, steps=300)
-        scores[name] = result.metrics["test/y/accuracy"]
+        scores[key] = result.metrics["test/y/accuracy"]
     assert 75 < scores["erm"] < 92  # mostly right, not solved
-    assert scores[method] > scores["erm"] + margin and scores[method] > floor
+    assert scores["method"] > scores["erm"] + margin and scores["method"] > floor
 
 
 def test_afn_beats_source_only_on_a_clustered_shift_on_average(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from crosstask.weighting.graddrop import graddrop_mask
 from crosstask.weighting.gradvac import gradvac_coefficients
 from crosstask.weighting.imtl import imtl_g_weights
 from crosstask.weighting.pcgrad import pcgrad_coefficients
+from tests.balancing import balance
 from tests.conftest import tiny_config
 
 
@@ -186,7 +187,7 @@ def test_imtl_hybrid_learns_loss_scales_and_balances_the_scaled_gradients() -> N
     with torch.no_grad():
         s.copy_(torch.tensor([0.3, -0.5, 1.0]))
     losses = quadratic_losses(theta, centers, scales)
-    applied = weighting.backward(losses, BalanceContext(0, [theta]))
+    applied = balance(weighting, losses, BalanceContext(0, [theta]))
     values = torch.stack([v.detach() for v in losses.values()]).float()
     assert torch.allclose(s.grad, torch.exp(s.detach()) * values - 1, atol=1e-5)  # ∂(e^s L − s)/∂s
     raw = torch.stack([2 * scales[i] * (theta.detach() - centers[i]) for i in range(3)])
@@ -246,7 +247,7 @@ def test_db_mtl_rescales_moving_averages_of_log_loss_gradients_to_the_largest_no
     for step in range(3):
         theta = (theta0 + 0.1 * step).requires_grad_()
         losses = quadratic_losses(theta, centers, scales)
-        applied = weighting.backward(losses, BalanceContext(step, [theta]))
+        applied = balance(weighting, losses, BalanceContext(step, [theta]))
         log_grads = torch.stack(
             [2 * scales[i] * (theta.detach() - centers[i]) / losses[n].detach() for i, n in enumerate("abc")]
         )
@@ -263,22 +264,22 @@ def test_db_mtl_state_round_trips_and_accumulation_moves_the_average_once() -> N
     centers, scales = torch.randn(2, 4), torch.tensor([1.0, 3.0])
     first = make("db_mtl")
     theta = torch.randn(4, requires_grad=True)
-    first.backward(quadratic_losses(theta, centers, scales), BalanceContext(0, [theta]))
+    balance(first, quadratic_losses(theta, centers, scales), BalanceContext(0, [theta]))
     second = make("db_mtl")
     second.load_state_dict(first.state_dict())
     assert second.steps == 1 and torch.equal(second.average, first.average)
     theta.grad = None
-    first.backward(quadratic_losses(theta, centers, scales), BalanceContext(1, [theta]))
+    balance(first, quadratic_losses(theta, centers, scales), BalanceContext(1, [theta]))
     expected = theta.grad.clone()
     theta.grad = None
-    second.backward(quadratic_losses(theta, centers, scales), BalanceContext(1, [theta]))
+    balance(second, quadratic_losses(theta, centers, scales), BalanceContext(1, [theta]))
     assert torch.equal(theta.grad, expected)
 
     accumulating = make("db_mtl")
     before = None
     for micro in range(2):  # two micro-batches with the losses halved, as the trainer does
         losses = {n: v / 2 for n, v in quadratic_losses(theta, centers, scales).items()}
-        accumulating.backward(losses, BalanceContext(0, [theta], micro_step=micro, accumulate=2))
+        balance(accumulating, losses, BalanceContext(0, [theta], micro_step=micro, accumulate=2))
         if micro == 0:
             before = accumulating.average.clone()
     assert accumulating.steps == 1 and torch.equal(before, torch.zeros_like(before))
@@ -296,7 +297,7 @@ def test_db_mtl_refuses_negative_losses_and_the_representation() -> None:
     theta = torch.randn(3, requires_grad=True)
     losses = {"a": theta.sum() - 100.0, "b": theta.pow(2).sum()}
     with pytest.raises(SolverError, match=r"'db_mtl' at step 1.*a is negative"):
-        make("db_mtl").backward(losses, BalanceContext(0, [theta]))
+        balance(make("db_mtl"), losses, BalanceContext(0, [theta]))
     with pytest.raises(ConfigError, match="on: parameters"):
         make("db_mtl", on="representation")
 
@@ -412,7 +413,7 @@ def test_gradnorm_moves_the_weights_toward_equal_weighted_gradient_norms() -> No
         theta.grad = None
         before = weighting.weights.clone()
         losses = quadratic_losses(theta, centers, scales)
-        applied = weighting.backward(losses, BalanceContext(step, [theta]))
+        applied = balance(weighting, losses, BalanceContext(step, [theta]))
         assert torch.equal(torch.stack([applied["a"], applied["b"]]), before)
         expected = sum(before[i] * 2 * scales[i] * (theta.detach() - centers[i]) for i in range(2))
         assert torch.allclose(theta.grad, expected, atol=1e-5)  # the model gets ∇ Σ w_i L_i
@@ -427,21 +428,21 @@ def test_gradnorm_state_round_trips_and_accumulation_updates_once() -> None:
     theta = torch.randn(3, requires_grad=True)
     centers, scales = torch.randn(2, 3), torch.tensor([1.0, 4.0])
     weighting = make("gradnorm")
-    weighting.backward(quadratic_losses(theta, centers, scales), BalanceContext(0, [theta]))
+    balance(weighting, quadratic_losses(theta, centers, scales), BalanceContext(0, [theta]))
     clone = make("gradnorm")
     clone.load_state_dict(weighting.state_dict())
     assert torch.equal(clone.weights, weighting.weights) and torch.equal(clone.initial, weighting.initial)
     theta2 = (theta.detach() + 0.3).requires_grad_()
     for w in (weighting, clone):
-        w.backward(quadratic_losses(theta2, centers, scales), BalanceContext(1, [theta2]))
+        balance(w, quadratic_losses(theta2, centers, scales), BalanceContext(1, [theta2]))
     assert torch.equal(clone.weights, weighting.weights)
 
     accumulating = make("gradnorm")
     losses = {n: v / 2 for n, v in quadratic_losses(theta, centers, scales).items()}
-    accumulating.backward(losses, BalanceContext(0, [theta], micro_step=0, accumulate=2))
+    balance(accumulating, losses, BalanceContext(0, [theta], micro_step=0, accumulate=2))
     assert torch.equal(accumulating.weights, torch.ones(2)) and accumulating.initial is None
     losses = {n: v / 2 for n, v in quadratic_losses(theta, centers, scales).items()}
-    accumulating.backward(losses, BalanceContext(0, [theta], micro_step=1, accumulate=2))
+    balance(accumulating, losses, BalanceContext(0, [theta], micro_step=1, accumulate=2))
     assert torch.allclose(accumulating.weights, make_first_update(theta, centers, scales), atol=1e-6)
 
 
@@ -460,7 +461,7 @@ def test_gradnorm_on_representation_uses_the_representation_norms() -> None:
     heads = torch.randn(2, 4)
     losses = {"a": (z @ heads[0]).pow(2).mean(), "b": 5 * (z @ heads[1]).pow(2).mean()}
     weighting = make("gradnorm", on="representation")
-    weighting.backward(losses, BalanceContext(0, list(layer.parameters()), shared=z))
+    balance(weighting, losses, BalanceContext(0, list(layer.parameters()), shared=z))
     assert layer.weight.grad is not None
     assert not math.isclose(float(weighting.weights[0]), 1.0)
 

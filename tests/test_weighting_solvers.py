@@ -26,6 +26,7 @@ from crosstask.weighting.base import BalanceContext
 from crosstask.weighting.fairgrad import FairGradConfig, fair_weights
 from crosstask.weighting.nash_mtl import NashMTLConfig, bargaining_weights
 from crosstask.weighting.upgrad import dual_cone_coefficients
+from tests.balancing import balance
 from tests.conftest import tiny_config
 
 ALPHAS = [0.5, 1.0, 2.0, 5.0]
@@ -204,7 +205,7 @@ class Toy:
     def backward(self, weighting, step: int) -> dict[str, Tensor]:
         self.zero_grad()
         losses = self.losses()
-        return weighting.backward(losses, self.context(step))
+        return balance(weighting, losses, self.context(step))
 
     def weighted_gradient(self, weights: Tensor) -> list[Tensor]:
         losses = torch.stack(list(self.losses().values()))
@@ -253,11 +254,11 @@ def test_accumulation_adds_a_share_of_the_full_direction(name: str, update_every
     toy, plain, split = Toy(seed=3), build(name, **extra), build(name, **extra)
     for step in range(update_every):  # the last step reuses the weights when update_every = 2
         toy.zero_grad()
-        expected = plain.backward(toy.losses(), toy.context(step))
+        expected = balance(plain, toy.losses(), toy.context(step))
         full = grads_of(toy.body)
         toy.zero_grad()
         losses = {n: v / 2 for n, v in toy.losses().items()}
-        applied = split.backward(losses, replace(toy.context(step), accumulate=2))
+        applied = balance(split, losses, replace(toy.context(step), accumulate=2))
         for n in expected:
             assert torch.allclose(applied[n], expected[n], rtol=1e-5)
         assert all(torch.allclose(g * 2, e, atol=1e-6) for g, e in zip(grads_of(toy.body), full, strict=True))

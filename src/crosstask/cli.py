@@ -1,32 +1,66 @@
 """The ``crosstask`` command: run, validate, list, evaluate, demo.
 
-Errors a user can fix (bad config, missing data, unusable run directory) are printed as one message with
-exit code 2 (3 when training diverged); no traceback.
+Exit codes: 0 done; 2 an error a user can fix (bad config, missing data, unusable run directory), printed
+as one message without a traceback; 3 training diverged; 130 (``EXIT_INTERRUPTED``) stopped by Ctrl-C or
+SIGTERM (the run's checkpoint is written: continue it with ``--resume``).
+
+Only typer and rich are imported here at module level; torch and the rest of crosstask are imported inside
+the commands, so ``crosstask --help`` is fast.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from crosstask.errors import CrosstaskError, RunError, suggest
 
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+
 app = typer.Typer(
     name="crosstask",
-    help="Cross-domain transfer and multi-task learning: one trainer, named losses, one loss balancing.",
+    help="Cross-domain transfer and multi-task learning: one trainer, named losses, one loss balancing. "
+    "Exit codes: 2 bad input (config, data, run directory), 3 training diverged, "
+    f"{EXIT_INTERRUPTED} interrupted (Ctrl-C or SIGTERM; continue with --resume).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console()
 err_console = Console(stderr=True)
+
+INTERRUPTED_MESSAGE = (
+    "interrupted; a run that had started training keeps its last checkpoint (continue it with --resume)"
+)
+
+
+def command(name: str | None = None) -> Callable[[Callable], Callable]:
+    """``app.command``, with Ctrl-C/SIGTERM outside a training loop ending in one message and exit code 130
+    (typer would exit 130 silently)."""
+
+    def register(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def interruptible(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except KeyboardInterrupt:
+                err_console.print(INTERRUPTED_MESSAGE, highlight=False, soft_wrap=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+
+        return app.command(name)(interruptible)
+
+    return register
+
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="overrides as key.path=value, e.g. train.steps=200")
@@ -49,16 +83,46 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    """Evaluation metrics (``domain/task/metric``) as a table; any other key (``validator/<name>``, ...) is
+    listed whole below them."""
     table = Table(title=title, title_justify="left")
     for column in ("domain", "task", "metric", "value"):
-        table.add_column(column, justify="right" if column == "value" else "left")
+        table.add_column(column, justify="right" if column == "value" else "left", no_wrap=True)
+    other = []
     for key, value in metrics.items():
-        domain, task, metric = key.split("/")
-        table.add_row(domain, task, metric, f"{value:.2f}")
+        parts = key.split("/")
+        if len(parts) == 3:
+            table.add_row(*parts, _number(value, ".2f"))
+        else:
+            other.append((key, value))
+    if other:
+        table.add_section()
+        for key, value in other:
+            table.add_row(key, "", "", _number(value, ".4g"))
     return table
 
 
-@app.command()
+def _number(value: object, spec: str) -> str:
+    return (
+        format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+    )
+
+
+def print_table(table: Table, to: Console | None = None) -> None:
+    """Print ``table`` whole: when it is wider than the terminal it is drawn at its natural width instead of
+    wrapping or cutting its cells, so metric names and paths always appear in full."""
+    to = to or console
+    needed = Measurement.get(to, to.options.update(max_width=100_000), table).maximum
+    if needed <= to.width:
+        to.print(table)
+        return
+    from rich.segment import Segments
+
+    rendered = to.render(table, to.options.update(width=needed, max_width=needed))
+    to.print(Segments(rendered), crop=False)
+
+
+@command()
 def run(
     config: Annotated[Path, typer.Argument(help="experiment YAML file")],
     overrides: Overrides = None,
@@ -74,7 +138,10 @@ def run(
         typer.Option("--baselines", help="also train each task alone from the same config and report Δm%"),
     ] = False,
 ) -> None:
-    """Train an experiment; writes config.yaml, metrics.jsonl, summary.json and checkpoints to its run directory."""
+    """Train an experiment; writes config.yaml, metrics.jsonl, summary.json and checkpoints to its run directory.
+
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint (a second one aborts); the command then exits with code 130 (--resume continues the run). Bad input exits with 2, divergence with 3.
+    """
     from crosstask.engine.logging import default_progress
     from crosstask.experiment import run as run_experiment
 
@@ -89,7 +156,7 @@ def run(
     )
     summary = result.summary
     if summary["final"]:
-        console.print(
+        print_table(
             metrics_table(
                 f"{summary['name']}: final (step {summary['step']}, {summary['status']})", summary["final"]
             )
@@ -107,12 +174,24 @@ def run(
             highlight=False,
         )
     if "delta_m" in summary:
-        console.print(metrics_table("single-task baselines (final)", summary["baselines"]))
+        print_table(metrics_table("single-task baselines (final)", summary["baselines"]))
         console.print(f"Δm% against the single-task baselines: {summary['delta_m']:+.2f} (lower is better)")
     console.print(f"run directory: {result.run_dir}", highlight=False)
+    if summary.get("status") == "interrupted":
+        import shlex
+
+        again = ["crosstask", "run", str(config), *(overrides or []), "--resume"]
+        resume = shlex.join(again + (["--run-dir", str(run_dir)] if run_dir else []))
+        err_console.print(
+            f"interrupted at step {summary['step']} of {summary.get('steps', '?')}; the checkpoint is saved. "
+            f"Continue with: {resume}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
-@app.command()
+@command()
 def lodo(
     config: Annotated[
         Path, typer.Argument(help="experiment YAML file whose data.train holds several labeled domains")
@@ -138,10 +217,10 @@ def lodo(
     for row in result.rows:
         table.add_row(row.domain, f"{row.value:.2f}", str(row.run_dir))
     table.add_row("mean", f"{result.mean:.2f}", "")
-    console.print(table)
+    print_table(table)
 
 
-@app.command()
+@command()
 def select(
     run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories (one per candidate)")],
     validator: Annotated[
@@ -173,7 +252,7 @@ def select(
             for n in names
         ]
         runs.add_row(str(run), *cells)
-    console.print(runs)
+    print_table(runs)
     chosen = Table(title="choices: the run and checkpoint each validator keeps", title_justify="left")
     for column in ("validator", "run directory", "step", "checkpoint", metric or "metrics at that step"):
         chosen.add_column(column)
@@ -185,12 +264,12 @@ def select(
         chosen.add_row(
             choice.validator, str(choice.run_dir), str(choice.step), choice.checkpoint.name, scored
         )
-    console.print(chosen)
+    print_table(chosen)
     for run, why in selection.skipped.items():
         err_console.print(f"left out {run}: {why}")
 
 
-@app.command()
+@command()
 def validate(
     config: Annotated[Path, typer.Argument(help="experiment YAML file")],
     overrides: Overrides = None,
@@ -206,7 +285,7 @@ def validate(
     )
 
 
-@app.command("list")
+@command("list")
 def list_components(
     family: Annotated[
         str | None, typer.Argument(help="a family (dataset, backbone, method, weighting, ...)")
@@ -218,12 +297,12 @@ def list_components(
     families = Registry.families
     if family is None:
         table = Table(title="component families (crosstask list FAMILY)", title_justify="left")
-        table.add_column("family")
+        table.add_column("family", no_wrap=True)
         table.add_column("components")
         table.add_column("what")
         for name, registry in families.items():
             table.add_row(name, ", ".join(registry.names()), registry.description)
-        console.print(table)
+        console.print(table)  # prose: wrapping it is fine
         return
     name = family.rstrip("s") if family not in families and family.rstrip("s") in families else family
     if name not in families:
@@ -231,14 +310,14 @@ def list_components(
             f"unknown family '{family}'.{suggest(family, families)} Families: {', '.join(families)}"
         )
     table = Table(title=f"{name} ({families[name].description})", title_justify="left")
-    table.add_column("name")
+    table.add_column("name", no_wrap=True)
     table.add_column("description")
     for entry in families[name].entries():
         table.add_row(entry.name, entry.description)
     console.print(table)
 
 
-@app.command()
+@command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     overrides: Overrides = None,
@@ -246,34 +325,61 @@ def evaluate(
         str, typer.Option(help="best, last, or a validator's pick: best_<validator> (train.validation)")
     ] = "best",
 ) -> None:
-    """Score a run's checkpoint on its evaluation sets (overrides may add or change data.eval)."""
+    """Score a run's checkpoint on its evaluation sets (overrides may add or change data.eval).
+
+    The table's title says which checkpoint file was scored and the training step it was taken at."""
+    from crosstask.engine.checkpoint import checkpoint_step, resolve_checkpoint
     from crosstask.experiment import evaluate_run
 
     if checkpoint not in ("best", "last") and not checkpoint.startswith("best_"):
         raise typer.BadParameter("--checkpoint must be best, last or best_<validator>")
     _setup_logging(quiet=True)
     metrics = evaluate_run(run_dir, checkpoint, overrides or [])
-    console.print(metrics_table(f"{run_dir} ({checkpoint} checkpoint)", metrics))
+    used = resolve_checkpoint(run_dir, checkpoint)
+    step = checkpoint_step(used)
+    scored = f"checkpoints/{used.name}" + (
+        "" if used.stem == checkpoint else f", as there is no {checkpoint}.pt"
+    )
+    at = f"step {step}" if step is not None else "step unknown"
+    print_table(metrics_table(f"{run_dir}: {scored} ({at})", metrics))
 
 
-@app.command()
+@command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where the demo's runs go")] = Path("runs"),
 ) -> None:
-    """Transfer and multi-task learning on scikit-learn's embedded digits, in well under a minute."""
+    """Transfer and multi-task learning on scikit-learn's embedded digits, in well under a minute.
+
+    Ctrl-C or SIGTERM stops the demo after the current run's step: it prints what was done and exits with code 130.
+    """
     from crosstask.demo import run_demo
 
     _setup_logging(quiet=True)
-    run_demo(output_dir, console)
+    runs = run_demo(output_dir, console)
+    if any(result.summary.get("status") == "interrupted" for result in runs.values()):
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
     """Entry point: run the CLI and turn user errors into one message and an exit code."""
+    # SIGTERM outside training (loading data, between runs) ends like Ctrl-C: cleanly, with exit code 130.
+    # While training, the Trainer's own handler turns the first signal into a stop with a checkpoint.
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except CrosstaskError as exc:
         err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130 itself)
+        err_console.print(INTERRUPTED_MESSAGE, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

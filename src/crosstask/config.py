@@ -56,8 +56,8 @@ def component(registry: Registry) -> Any:
         if not isinstance(value, Mapping):
             raise PydanticCustomError(
                 "component",
-                "expected a {family} name or a mapping with 'name:', got {value!r}",
-                {"family": registry.family, "value": value},
+                "expected the {family}'s name or a mapping with 'name:', got {value}",
+                {"family": registry.family, "value": _shown(value)},
             )
         if "name" not in value:
             raise PydanticCustomError(
@@ -71,7 +71,20 @@ def component(registry: Registry) -> Any:
             )
         return registry.get(value["name"]).config.model_validate(dict(value))
 
-    return Annotated[SerializeAsAny[ComponentConfig], WrapValidator(validate)]
+    return Annotated[SerializeAsAny[ComponentConfig], WrapValidator(validate), ComponentField(registry)]
+
+
+class ComponentField:
+    """Marks a config field as a component of ``registry`` (read by :func:`apply_overrides`)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 DatasetComponent = component(DATASETS)
@@ -93,6 +106,28 @@ def check_name(name: str, what: str) -> str:
     if not re.fullmatch(NAME_PATTERN, str(name)):
         raise ValueError(f"{what} name '{name}' may only hold letters, digits, '_', '.' and '-'")
     return name
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder name inside ``output_dir``: letters, digits, '_', '.', '-'; not '.' or '..'."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, str(name)) or name in (".", ".."):
+        raise ValueError(
+            "not a run name: the run goes to output_dir/<name>, so the name may only hold "
+            "letters, digits, '_', '.' and '-', and may not be '.' or '..' (to put runs elsewhere, set output_dir)"
+        )
+    return name
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed accepts
+
+
+def check_seed(seed: int) -> int:
+    """A seed torch accepts: it must fit in 64 bits."""
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"a seed must fit in 64 bits: use an integer from {SEED_MIN} to {SEED_MAX}")
+    return seed
 
 
 class DataConfig(StrictModel):
@@ -176,6 +211,11 @@ class ValidationConfig(StrictModel):
 class TrainConfig(StrictModel):
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=32, ge=1)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="intra-op CPU threads (default: chosen from the model, the batch and the free cores)",
+    )
     eval_every: int | None = Field(default=None, ge=1, description="default: only at the end")
     log_every: int = Field(default=50, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1, description="default: eval_every, else steps")
@@ -217,8 +257,11 @@ class TrainConfig(StrictModel):
 class Experiment(StrictModel):
     """One experiment: tasks, data, model, method, loss weighting, optimizer, schedule and training loop."""
 
-    name: str = Field(default="experiment", pattern=NAME_PATTERN)
-    seed: int = 0
+    name: str = Field(
+        default="experiment",
+        description="the run directory's name: output_dir/<name> (-1, -2, ... when taken)",
+    )
+    seed: int = Field(default=0, description=f"random seed, an integer from {SEED_MIN} to {SEED_MAX}")
     output_dir: Path = Path("runs")
     tasks: list[Task] = Field(min_length=1)
     data: DataConfig
@@ -230,6 +273,16 @@ class Experiment(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     _source: str = PrivateAttr(default="<config>")
+
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        return check_run_name(value)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits(cls, value: int) -> int:
+        return check_seed(value)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Experiment:
@@ -356,10 +409,43 @@ def _child(node: Any, part: str, path: Sequence[str], override: str) -> Any:
     if not isinstance(node, dict):
         raise ConfigError(f"override '{override}': {'.'.join(path[:-1])} is a value, not a mapping")
     if node.get(part) is None:
-        node[part] = {}
+        # a block left to its default: a component (optim: sgd) keeps its default's name
+        default = _component_default(path)
+        node[part] = {} if default is None else {"name": default}
     elif isinstance(node[part], str):
         node[part] = {"name": node[part]}  # a component given by name (backbone: mlp) gains parameters
     return node[part]
+
+
+def _component_default(path: Sequence[str]) -> str | None:
+    """The default component name of the config field at ``path`` (``optim`` -> ``sgd``), if it is a component
+    field with a default; None otherwise."""
+    from pydantic import BaseModel
+
+    model: Any = Experiment
+    field = None
+    for depth, part in enumerate(path):
+        if model is None or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        if depth < len(path) - 1:
+            model = _inner_model(field.annotation)
+    if field is None or not any(isinstance(m, ComponentField) for m in field.metadata):
+        return None
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        default = getattr(default, "name", None)
+    return default if isinstance(default, str) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The pydantic model a field's annotation holds directly (``X`` or ``X | None``), else None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    candidates = [annotation, *typing.get_args(annotation)]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
 def _assign(node: Any, part: str, value: Any, path: Sequence[str], override: str) -> None:

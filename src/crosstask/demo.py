@@ -15,12 +15,14 @@ Every run is an ordinary crosstask run; the config.yaml in its run directory is 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from crosstask.cli import print_table
 from crosstask.experiment import RunResult, run
 
 TARGET_SHIFT = {"rotate": 20.0, "noise": 0.1}
@@ -56,10 +58,54 @@ def _digits(split: str, **params: Any) -> dict:
     return {"dataset": {"name": "digits", "split": split, **params}}
 
 
+class _Interrupted(Exception):
+    """A sub-run was stopped by Ctrl-C/SIGTERM: the demo stops there."""
+
+
 def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
-    """Run the demo's experiments and print one results table; returns the runs by name."""
+    """Run the demo's experiments and print one results table; returns the runs by name.
+
+    A run stopped by Ctrl-C or SIGTERM (summary status ``interrupted``) ends the demo: the table shows the
+    runs that finished, and the interrupted run is among the returned ones."""
     started = time.perf_counter()
     output_dir = Path(output_dir) / time.strftime("demo-%Y%m%d-%H%M%S")
+    runs: dict[str, RunResult] = {}
+
+    def go(config: dict) -> RunResult:
+        with console.status(f"training {config['name']} ..."):
+            result = run(config)
+        runs[config["name"]] = result
+        if result.summary.get("status") == "interrupted":
+            raise _Interrupted(config["name"])
+        return result
+
+    def stopped(during: str, unfinished: str | None = None) -> None:
+        done = {name: result for name, result in runs.items() if name != unfinished}
+        if done:
+            print_table(results_table(done), console)
+        console.print(
+            f"demo interrupted {during}; finished: {', '.join(done) or 'nothing'}. Run directories: {output_dir}",
+            highlight=False,
+        )
+
+    try:
+        _run_all(go, output_dir)
+    except _Interrupted as interrupted:
+        name = str(interrupted)
+        stopped(f"during '{name}' at step {runs[name].summary.get('step')}", name)
+        return runs
+    except KeyboardInterrupt:  # between two runs' training loops: the CLI exits with 130
+        stopped("between runs")
+        raise
+    print_table(results_table(runs), console)
+    console.print(
+        f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)", highlight=False
+    )
+    return runs
+
+
+def _run_all(go: Callable[[dict], RunResult], output_dir: Path) -> None:
+    """The demo's runs, in order (``go`` trains one)."""
     source = _digits("train", **TRANSFER_SPLIT)
     few_target = _digits(
         "val", **TRANSFER_SPLIT, **TARGET_SHIFT, per_class=LABELS_PER_CLASS, per_class_label="digit"
@@ -67,14 +113,9 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
     few_target["batch_size"] = 32
     source_test = _digits("test", **TRANSFER_SPLIT)
     target_test = _digits("test", **TRANSFER_SPLIT, **TARGET_SHIFT)
-    runs: dict[str, RunResult] = {}
-
-    def go(config: dict) -> None:
-        with console.status(f"training {config['name']} ..."):
-            runs[config["name"]] = run(config)
 
     # transfer: with 5 target labels per class
-    go(
+    source_only = go(
         _experiment(
             "source_only",
             output_dir,
@@ -110,7 +151,7 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
             [DIGIT],
             {"target": few_target},
             {"target_test": target_test},
-            model={"init_from": str(runs["source_only"].run_dir)},
+            model={"init_from": str(source_only.run_dir)},
             optim={"lr": 0.02, "backbone_lr_mult": 0.5},
             train={"steps": 200},
         )
@@ -137,18 +178,12 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, RunResult]:
             )
         )
 
-    console.print(results_table(runs))
-    console.print(
-        f"run directories: {output_dir}  (total {time.perf_counter() - started:.0f} s)", highlight=False
-    )
-    return runs
-
 
 def results_table(runs: dict[str, RunResult]) -> Table:
     """One table: the transfer comparison (digit accuracy) and the multi-task comparison (three tasks)."""
 
     def acc(run_name: str, key: str) -> str:
-        value = runs[run_name].metrics.get(key)
+        value = runs[run_name].metrics.get(key) if run_name in runs else None
         return "" if value is None else f"{value:.1f}"
 
     shift = ", ".join(f"{k} {v:g}" for k, v in TARGET_SHIFT.items())

@@ -8,8 +8,9 @@ model's spec, so a model can be rebuilt from either without the config file.
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import tempfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from crosstask.engine.run_dir import open_temporary
 from crosstask.errors import RunError
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a killed process leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = open_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(dict(state), handle)
@@ -31,19 +33,73 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (tensors and plain values only: never arbitrary objects).
+
+    ``mmap=True`` maps the file instead of reading it (cheap when only a few entries are needed)."""
     if not Path(path).is_file():
         raise RunError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # unpickling errors vary
-        raise RunError(
-            f"{path}: cannot read the checkpoint ({exc}); it may be damaged or from another program"
-        ) from None
+        raise RunError(_unreadable(Path(path), exc)) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Our own message for a checkpoint torch refuses. Torch's own text for the weights-only refusal advises
+    ``weights_only=False``, which runs arbitrary code from the file: it is never repeated."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"{path}: not a crosstask checkpoint: it holds Python objects other than tensors and plain values "
+            f"(here {found.group(1)}), so it was written by another program. crosstask reads only the tensors "
+            "of checkpoints it wrote and never unpickles other objects; use a checkpoint from a crosstask run "
+            "(checkpoints/best.pt or last.pt)."
+        )
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return (
+            f"{path}: cannot read the checkpoint: it is damaged, truncated or not a PyTorch checkpoint. "
+            "Use a checkpoint from a crosstask run (checkpoints/best.pt or last.pt)."
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (
+        f"{path}: cannot read the checkpoint ({first}); it may be damaged, truncated or from another program. "
+        "Use a checkpoint from a crosstask run (checkpoints/best.pt or last.pt)."
+    )
+
+
+# ``save_checkpoint`` and ``RunDir.write_json`` write ``.<file name>.<8 random characters>.tmp`` (``open_temporary``;
+# before it, tempfile's names of the same form) and rename it; a killed process leaves one behind.
+_TEMPORARY = re.compile(r"\.[A-Za-z0-9_.\-]+\.(pt|json)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an atomic write left behind when its process was killed
+    (``.last.pt.<random>.tmp``, ...); any other file is left alone. Returns the removed paths."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if _TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
+
+
+def checkpoint_step(path: str | os.PathLike, prefer: str = "best") -> int | None:
+    """The training step a checkpoint (a file, or a run directory's ``checkpoints/<prefer>.pt``) was taken at."""
+    state = load_checkpoint(resolve_checkpoint(path, prefer), mmap=True)
+    step = state.get("step") if isinstance(state, dict) else None
+    return int(step) if isinstance(step, int) else None
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:

@@ -1,39 +1,52 @@
-"""The method contract: a training step returns named losses.
+"""The method contract: a training step returns named objectives and penalties.
 
-Every method (source-only training, multi-task learning, domain adaptation, meta-learning) computes a dict
-of named losses per step; the weighting turns them into gradients and the Trainer does the rest::
+Every method (source-only training, multi-task learning, domain adaptation, meta-learning) computes per step
+a dict of named **objectives**, which the weighting balances, and a dict of named **penalties**, which carry
+the method's own coefficient (from its config) and are added unweighted; the gradient engine turns them into
+gradients and the Trainer does the rest::
 
     @METHODS.register("erm", config=ERMConfig)
     class ERM(Method):
-        def training_step(self, batch): return StepOutput({"source": loss})
+        objective_names = ["source"]
+        def training_step(self, batch): return StepOutput({"source": loss}, representation=z)
 
-A method holds its own trainable parts (a domain discriminator, say) in ``self.modules``; they are
-optimized and checkpointed with the model.
+A paper's trade-off on a method's own objective (DANN's λ, say) is a key of the method's config, multiplied
+into that objective before the weighting, so it holds under every weighting; the ``static`` weighting's
+weights then scale further, from 1. A method holds its own trainable parts (a domain discriminator, say) in
+``self.modules``; they are optimized and checkpointed with the model. A method is a
+:class:`~crosstask.engine.events.Callback`: it acts on the Trainer's events (before the first step, at each
+step's start, ...) instead of through flags the Trainer would have to know about.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
 from crosstask.data.streams import Batch
 from crosstask.data.tasks import Task
+from crosstask.engine.events import Callback
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
 from crosstask.models.model import ModelOutput, MultiTaskModel
 from crosstask.registry import ComponentConfig
 
+Representation = Tensor | tuple[Tensor, ...] | None
+
 
 @dataclass
 class StepOutput:
-    """Named losses of one step, extra values to log, and the shared representation if computed."""
+    """One step's objectives (balanced by the weighting) and penalties (added as they are), extra values to
+    log, and the shared representation: the tensor (or one tensor per forward pass) through which the
+    objectives reach the shared parameters, when the step has one; the gradient engine checks that they do."""
 
-    losses: dict[str, Tensor]
+    objectives: dict[str, Tensor]
+    penalties: dict[str, Tensor] = field(default_factory=dict)
     logs: dict[str, Tensor | float] = field(default_factory=dict)
-    shared: Tensor | None = None
+    representation: Representation = None
 
 
 @dataclass(frozen=True)
@@ -45,13 +58,9 @@ class StreamSpec:
     tasks: tuple[str, ...]
 
 
-class Method:
-    """Base class of training methods. Subclasses implement :meth:`training_step` and :attr:`loss_names`."""
-
-    # the paper's trade-offs: the `static` weighting uses them for the losses its config does not list
-    default_weights: ClassVar[dict[str, float]] = {}
-    # False: the forward pass of a step is the whole update (AdaBN's statistics); no backward, no optimizer step
-    updates_parameters: ClassVar[bool] = True
+class Method(Callback):
+    """Base class of training methods. Subclasses implement :meth:`training_step` and :attr:`objective_names`
+    (and :attr:`penalty_names` when they have penalties)."""
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         self.config = config
@@ -73,14 +82,18 @@ class Method:
         return self.config.name
 
     @property
-    def reset_optimizer_state(self) -> bool:
-        """True on a step whose update should start from a fresh optimizer state (IRM/V-REx after their anneal)."""
-        return False
+    def objective_names(self) -> list[str]:
+        """The names of the objectives every training step returns (the weighting is set up with them)."""
+        raise NotImplementedError
 
     @property
-    def loss_names(self) -> list[str]:
-        """The names of the losses every training step returns (the weighting is set up with them)."""
-        raise NotImplementedError
+    def penalty_names(self) -> list[str]:
+        """The names of the penalties every training step returns (each with its coefficient applied)."""
+        return []
+
+    def penalty_coefficient(self, name: str) -> str:
+        """Where penalty ``name``'s coefficient is set (for messages)."""
+        return "the method's config (crosstask list method)"
 
     @property
     def streams_used(self) -> list[str]:
@@ -90,9 +103,20 @@ class Method:
     def setup(self) -> None:
         """Prepare the model before the optimizer is built (freezing layers, say)."""
 
-    def prepare(self, draw: Callable[[], dict[str, Batch]]) -> None:
-        """Before the first step of a fresh run (not on resume): compute what needs training data first.
-        ``draw()`` returns the next multi-stream training batch; keep the result in :meth:`state_dict`."""
+    def optimizer_sides(self) -> dict[str, list[nn.Parameter]] | None:
+        """Parameters that step with optimizers of their own, by side name (MCD's features and classifiers);
+        every trainable parameter not listed steps with the ``main`` optimizer. ``None``: one optimizer."""
+        return None
+
+    def resting_sides(self) -> Collection[str]:
+        """The sides (of :meth:`optimizer_sides`) that do not step at the current step: their gradients are
+        dropped and their optimizer state is left as it is."""
+        return ()
+
+    def predictor(self) -> Callable[[Any], dict[str, Tensor]] | None:
+        """A test-time procedure the evaluator calls instead of ``model(x)`` (test-time adaptation on each
+        evaluation batch, say): ``predict(x) -> {task: output}``. ``None``: the plain model."""
+        return None
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         raise NotImplementedError
@@ -109,17 +133,26 @@ class Method:
 
     def supervised_losses(
         self, batch: dict[str, Batch], streams: list[StreamSpec]
-    ) -> tuple[dict[tuple[str, str], Tensor], Tensor | None]:
+    ) -> tuple[dict[tuple[str, str], Tensor], Representation]:
         """The loss of every (stream, task) pair with labels (one forward pass per stream), and the shared
-        representation when there is a single stream (weightings may work on it)."""
+        representation of each pass (one tensor, or a tuple with several streams; ``None`` without one)."""
         losses, outputs = labeled_losses(self.model, batch, streams)
-        return losses, next(iter(outputs.values())).shared if len(outputs) == 1 else None
+        return losses, representation_of(outputs.values())
 
     def state_dict(self) -> dict[str, Any]:
         return {"modules": self.modules.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.modules.load_state_dict(state["modules"])
+
+
+def representation_of(outputs: Collection[ModelOutput]) -> Representation:
+    """The shared representation of several forward passes: one tensor, a tuple of them, or ``None`` when a
+    pass has none (an architecture without a single shared representation)."""
+    shared = [o.shared for o in outputs]
+    if not shared or any(z is None for z in shared):
+        return None
+    return shared[0] if len(shared) == 1 else tuple(shared)
 
 
 def labeled_losses(

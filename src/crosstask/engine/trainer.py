@@ -1,8 +1,9 @@
 """The one training loop, for every method.
 
 Per optimizer step: draw a multi-stream batch (``train.accumulate`` times), let the method compute its named
-losses under optional bf16 autocast, stop on a NaN/inf loss, let the weighting turn the losses into
-gradients, clip, step the optimizer and the schedule. Around it: logging, evaluation per domain and task,
+objectives and penalties under optional bf16 autocast, stop on a NaN/inf value, let the gradient engine turn
+them into gradients (with the weighting), clip, step the optimizers and schedules. Around it: events for the
+method and callbacks (:mod:`crosstask.engine.events`), logging, evaluation per domain and task,
 best-checkpoint selection, early stopping, atomic checkpoints, exact resume, and a graceful stop on
 SIGINT/SIGTERM (the current step finishes and is checkpointed).
 """
@@ -13,15 +14,17 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from crosstask.config import TrainConfig
-from crosstask.data.streams import MultiStream
+from crosstask.data.streams import Batch, MultiStream
 from crosstask.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from crosstask.engine.events import Callback
+from crosstask.engine.gradients import GradientEngine, StepGradients
 from crosstask.engine.logging import MetricsLog, Progress, log
 from crosstask.engine.method import Method
 from crosstask.engine.run_dir import RunDir
@@ -30,11 +33,19 @@ from crosstask.evaluation.evaluator import Evaluator
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
 from crosstask.validators.base import Validation
-from crosstask.weighting.base import BalanceContext, Weighting
+from crosstask.weighting.base import Weighting
+
+ARCHITECTURE = "architecture"  # the penalty name of the model's own regularization (soft sharing)
 
 
 class Trainer:
-    """Runs a method's steps on a model until ``train.steps``, early stopping, divergence or a stop signal."""
+    """Runs a method's steps on a model until ``train.steps``, early stopping, divergence or a stop signal.
+
+    ``optimizers`` and ``schedulers`` are keyed by side (``main``, and the sides of
+    :meth:`Method.optimizer_sides`); a plain optimizer and schedule may be passed instead. ``callbacks``
+    receive the Trainer's events after the method; ``provenance`` (code revision, config hash) is written
+    into the summary.
+    """
 
     def __init__(
         self,
@@ -42,8 +53,8 @@ class Trainer:
         model: MultiTaskModel,
         method: Method,
         weighting: Weighting,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        optimizers: Mapping[str, torch.optim.Optimizer] | torch.optim.Optimizer,
+        schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler] | torch.optim.lr_scheduler.LRScheduler,
         streams: MultiStream,
         evaluator: Evaluator | None,
         config: TrainConfig,
@@ -52,12 +63,14 @@ class Trainer:
         progress: Progress | None = None,
         name: str = "run",
         validation: Validation | None = None,
+        callbacks: Sequence[Callback] = (),
+        provenance: Mapping[str, Any] | None = None,
     ):
         self.model = model
         self.method = method
         self.weighting = weighting
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.optimizers = dict(optimizers) if isinstance(optimizers, Mapping) else {"main": optimizers}
+        self.schedulers = dict(schedulers) if isinstance(schedulers, Mapping) else {"main": schedulers}
         self.streams = streams
         self.evaluator = evaluator
         self.validation = validation
@@ -66,12 +79,17 @@ class Trainer:
         self.device = device
         self.progress = progress or Progress()
         self.name = name
+        self.callbacks: list[Callback] = [method, *callbacks]
+        self.provenance = dict(provenance or {})
         self.metrics_log = MetricsLog(run_dir.metrics)
-        self.loss_names = list(method.loss_names)
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.shared_params = [p for p in model.shared_parameters() if p.requires_grad]
-        excluded = {id(p) for p in self.shared_params} | {id(p) for p in weighting.params.parameters()}
-        self.other_params = [p for p in self.params if id(p) not in excluded]
+        self.objective_names = list(method.objective_names)
+        self.penalty_names = list(method.penalty_names)
+        self.params = [p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]]
+        shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        excluded = {id(p) for p in shared_params} | {id(p) for p in weighting.params.parameters()}
+        self.engine = GradientEngine(
+            weighting, shared_params, [p for p in self.params if id(p) not in excluded]
+        )
         self.select = config.select_metric
         self.stopping = config.early_stopping
         self.checkpoint_every = config.checkpoint_every or min(config.eval_every or config.steps, 1000)
@@ -82,12 +100,36 @@ class Trainer:
         self.bad_evals = 0
         self.picked: dict[str, dict[str, Any]] = {}  # per validator: the evaluation it picks so far
         self.elapsed = 0.0
-        self._loss_sum = torch.zeros(len(self.loss_names), device=device)
-        self._weight_sum: dict[str, float | torch.Tensor] = dict.fromkeys(self.loss_names, 0.0)
+        self.fresh = True  # False once a checkpoint was loaded (a resume)
+        extra = [ARCHITECTURE] if model.regularization() is not None else []
+        self._names = [*self.objective_names, *self.penalty_names, *extra]
+        self._loss_sum = torch.zeros(len(self._names), device=device)
+        self._weight_sum: dict[str, float | torch.Tensor] = dict.fromkeys(self.objective_names, 0.0)
         self._extra_sum: dict[str, float | torch.Tensor] = {}  # a method's own logs (StepOutput.logs)
         self._logged_steps = 0
         self._stop_requested = False
         self._started = time.perf_counter()
+
+    # ------------------------------------------------------------------ what event handlers use
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The main optimizer."""
+        return self.optimizers["main"] if "main" in self.optimizers else next(iter(self.optimizers.values()))
+
+    def draw(self) -> dict[str, Batch]:
+        """The next multi-stream training batch (the streams' state, so a resume, counts it)."""
+        return next(self.streams)
+
+    def reset_optimizer_state(self, sides: Sequence[str] | None = None) -> None:
+        """Forget the optimizers' state (momentum, Adam's moments), for every side or the named ones."""
+        for side, optimizer in self.optimizers.items():
+            if sides is None or side in sides:
+                optimizer.state.clear()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
 
     # ------------------------------------------------------------------ the loop
 
@@ -115,8 +157,7 @@ class Trainer:
         self.progress.start(self.config.steps, self.step, self.name)
         try:
             with self._stop_on_signals():
-                if self.step == 0:  # a fresh run: what the method computes from data before training
-                    self.method.prepare(lambda: next(self.streams))
+                self._emit("on_fit_start")
                 self.model.train()
                 while self.step < self.config.steps:
                     self._train_step()
@@ -125,7 +166,7 @@ class Trainer:
                         self._log_train()
                     if self.config.eval_every and self.step % self.config.eval_every == 0:
                         final, evaluated_at = self._evaluate(), self.step
-                        if self._should_stop_early():
+                        if self.step < self.config.steps and self._should_stop_early():
                             status = "stopped_early"
                     if self._stop_requested and status == "completed":
                         status = "interrupted"
@@ -139,76 +180,125 @@ class Trainer:
             if saved_at != self.step:
                 self._save_last()
         except TrainingDiverged as exc:
-            self._write_summary("diverged", {}, error=str(exc))
+            self._end("diverged", error=str(exc))
             raise
-        except CrosstaskError as exc:
-            self._write_summary("failed", {}, error=str(exc))
+        except BaseException as exc:  # any failure leaves a summary saying so, with the message
+            what = str(exc) if isinstance(exc, CrosstaskError) else f"{type(exc).__name__}: {exc}"
+            self._end("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=what)
             raise
         finally:
             self.progress.close()
-        return self._write_summary(status, final)
+        return self._end(status, final)
+
+    def _end(
+        self, status: str, final: dict[str, float] | None = None, error: str | None = None
+    ) -> dict[str, Any]:
+        """The fit ends: tell the handlers, write the summary."""
+        try:
+            self._emit("on_fit_end", status)
+        finally:
+            summary = self._write_summary(status, final or {}, error=error)
+        return summary
 
     def _train_step(self) -> None:
         accumulate = self.config.accumulate
         self.method.step, self.method.total_steps = self.step, self.config.steps
-        self.optimizer.zero_grad(set_to_none=True)
+        self._emit("on_step_start")
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        produced = False
         for micro_step in range(accumulate):
-            batch = next(self.streams)
+            batch = self.draw()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 output = self.method.training_step(batch)
-            losses = output.losses
-            if losses.keys() != set(self.loss_names):
-                raise RunError(
-                    f"method '{self.method.name}' returned losses {sorted(losses)} but declared {self.loss_names}"
-                )
-            values = torch.stack([losses[n].detach().float() for n in self.loss_names])
-            if not bool(torch.isfinite(values).all()):
+            objectives, penalties = dict(output.objectives), dict(output.penalties)
+            if micro_step == 0:  # the model's own regularization (soft sharing): once per optimizer step
+                regularization = self.model.regularization()
+                if regularization is not None:
+                    penalties[ARCHITECTURE] = regularization * accumulate
+            self._check_names(objectives, penalties)
+            terms = [v.detach().float() for v in (*objectives.values(), *penalties.values())]
+            values = torch.stack(terms) if terms else None
+            if values is not None and not bool(torch.isfinite(values).all()):
                 bad = {
                     n: float(v)
-                    for n, v in zip(self.loss_names, values.tolist(), strict=True)
+                    for n, v in zip([*objectives, *penalties], values.tolist(), strict=True)
                     if not math.isfinite(v)
                 }
-                what = f"loss {', '.join(f'{k}={v}' for k, v in bad.items())}"
+                what = ", ".join(f"{k}={v}" for k, v in bad.items())
                 raise TrainingDiverged(self._diverged_message(self.step + 1, what))
             if accumulate > 1:
-                losses = {n: loss / accumulate for n, loss in losses.items()}
-            context = BalanceContext(
-                self.step, self.shared_params, output.shared, micro_step, accumulate, self.other_params
+                objectives = {n: v / accumulate for n, v in objectives.items()}
+                penalties = {n: v / accumulate for n, v in penalties.items()}
+            keep = any(c.wants_gradients(self) for c in self.callbacks)
+            gradients = self.engine.backward(
+                objectives,
+                penalties,
+                output.representation,
+                step=self.step,
+                micro_step=micro_step,
+                accumulate=accumulate,
+                keep_jacobian=keep,
             )
-            if self.method.updates_parameters:
-                weights = self.weighting.backward(losses, context)
-            else:
-                weights = dict.fromkeys(self.loss_names, 0.0)
-            self._loss_sum += values / accumulate
-            for n in self.loss_names:  # a weighting may return tensors: keep them on device until logged
-                w = weights[n]
-                self._weight_sum[n] = (
-                    self._weight_sum[n] + (w.detach() if isinstance(w, torch.Tensor) else w) / accumulate
-                )
-            for k, v in output.logs.items():
-                value = v.detach().float() if isinstance(v, torch.Tensor) else v
-                self._extra_sum[k] = self._extra_sum.get(k, 0.0) + value / accumulate
-        if self.method.updates_parameters:
+            produced = produced or bool(objectives) or bool(penalties)
+            self._accumulate_logs(objectives, penalties, gradients, output.logs, accumulate)
+            self._emit("on_after_gradients", gradients)
+        if produced:
             self._update()
+        else:  # nothing to back-propagate (AdaBN: the forward pass is the update): the schedules still count
+            for scheduler in self.schedulers.values():
+                scheduler.step()
         self._logged_steps += 1
+        self._emit("on_after_update")
+
+    def _check_names(self, objectives: dict[str, Any], penalties: dict[str, Any]) -> None:
+        penalties = {k: v for k, v in penalties.items() if k != ARCHITECTURE}
+        if objectives.keys() != set(self.objective_names) or penalties.keys() != set(self.penalty_names):
+            raise RunError(
+                f"method '{self.method.name}' returned objectives {sorted(objectives)} and penalties "
+                f"{sorted(penalties)} but declared {self.objective_names} and {self.penalty_names}"
+            )
+
+    def _accumulate_logs(
+        self,
+        objectives: dict[str, torch.Tensor],
+        penalties: dict[str, torch.Tensor],
+        gradients: StepGradients,
+        logs: Mapping[str, Any],
+        accumulate: int,
+    ) -> None:
+        """Sums on device until the next log line (no host synchronisation per step)."""
+        for i, name in enumerate(self._names):
+            value = objectives.get(name, penalties.get(name))
+            if value is not None:
+                self._loss_sum[i] += value.detach().float()
+        for n in self.objective_names:  # a weighting may return tensors: keep them on device until logged
+            w = gradients.weights.get(n, 0.0)
+            self._weight_sum[n] = (
+                self._weight_sum[n] + (w.detach() if isinstance(w, torch.Tensor) else w) / accumulate
+            )
+        for k, v in logs.items():
+            value = v.detach().float() if isinstance(v, torch.Tensor) else v
+            self._extra_sum[k] = self._extra_sum.get(k, 0.0) + value / accumulate
 
     def _update(self) -> None:
-        """The step's update from the accumulated gradients: regularization, clipping, optimizer, scheduler."""
-        penalty = self.model.regularization()  # e.g. soft sharing: outside the balancing, once per step
-        if penalty is not None:
-            if not bool(torch.isfinite(penalty)):
-                raise TrainingDiverged(
-                    self._diverged_message(self.step + 1, f"regularization {float(penalty)}")
-                )
-            penalty.backward()
+        """The step's update from the accumulated gradients: clipping, the optimizers of the sides that step
+        now, the schedules."""
+        resting = set(self.method.resting_sides())
+        if resting:
+            for side in resting:
+                for group in self.optimizers[side].param_groups:
+                    for param in group["params"]:
+                        param.grad = None
         if self.config.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             if not bool(torch.isfinite(norm)):
                 raise TrainingDiverged(self._diverged_message(self.step + 1, f"gradient norm {float(norm)}"))
-        if self.method.reset_optimizer_state:  # e.g. IRM / V-REx: the penalty's full weight starts now
-            self.optimizer.state.clear()
-        self.optimizer.step()
-        self.scheduler.step()
+        for side, optimizer in self.optimizers.items():
+            if side not in resting:
+                optimizer.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
 
     def _diverged_message(self, step: int, what: str) -> str:
         kept = (
@@ -225,27 +315,38 @@ class Trainer:
 
     def _log_train(self) -> None:
         n = max(1, self._logged_steps)
-        losses = {f"loss/{k}": v / n for k, v in zip(self.loss_names, self._loss_sum.tolist(), strict=True)}
+        objectives = set(self.objective_names)
+        losses = {
+            f"{'loss' if k in objectives else 'penalty'}/{k}": v / n
+            for k, v in zip(self._names, self._loss_sum.tolist(), strict=True)
+        }
         weights = {f"weight/{k}": float(v) / n for k, v in self._weight_sum.items()}
         extras = {f"log/{k}": float(v) / n for k, v in self._extra_sum.items()}
-        lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        lrs = {
+            f"lr/{'' if side == 'main' else side + '.'}{g.get('name', i)}": g["lr"]
+            for side, optimizer in self.optimizers.items()
+            for i, g in enumerate(optimizer.param_groups)
+        }
         self.metrics_log.write({"step": self.step, "phase": "train", **losses, **weights, **extras, **lrs})
-        self.progress.update(self.step, {k.removeprefix("loss/"): v for k, v in losses.items()})
+        self.progress.update(self.step, {k.split("/", 1)[1]: v for k, v in losses.items()})
         self._loss_sum.zero_()
-        self._weight_sum = dict.fromkeys(self.loss_names, 0.0)
+        self._weight_sum = dict.fromkeys(self.objective_names, 0.0)
         self._extra_sum = {}
         self._logged_steps = 0
 
     def _evaluate(self) -> dict[str, float]:
         if self.evaluator is None and self.validation is None:
             return {}
-        metrics = self.evaluator.evaluate(self.model) if self.evaluator is not None else {}
+        metrics = (
+            self.evaluator.evaluate(self.model, self.method.predictor()) if self.evaluator is not None else {}
+        )
         if self.validation is not None:
             scores = self.validation.scores(self.model)
             metrics.update({f"validator/{name}": value for name, value in scores.items()})
             self._pick(scores, metrics)
         self.metrics_log.write({"step": self.step, "phase": "eval", **metrics})
         self.progress.evaluated(self.step, metrics)
+        self._emit("on_evaluation", metrics)
         if self.select is not None and _improves(
             metrics[self.select], self.best and self.best["value"], self.select
         ):
@@ -316,14 +417,15 @@ class Trainer:
         save_checkpoint(
             self.run_dir.last,
             {
-                "format": 1,
+                "format": 2,
                 "step": self.step,
                 "model": self.model.state_dict(),
                 "model_spec": self.model.spec(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                "optimizers": {side: o.state_dict() for side, o in self.optimizers.items()},
+                "schedulers": {side: s.state_dict() for side, s in self.schedulers.items()},
                 "weighting": self.weighting.state_dict(),
                 "method": self.method.state_dict(),
+                "callbacks": [c.state_dict() for c in self.callbacks[1:]],
                 "streams": self.streams.state_dict(),
                 "rng": capture_rng(),
                 "trainer": {
@@ -344,10 +446,17 @@ class Trainer:
         state = load_checkpoint(path)
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            optimizers = state.get("optimizers") or {"main": state["optimizer"]}  # format 1: one optimizer
+            schedulers = state.get("schedulers") or {"main": state["scheduler"]}
+            if optimizers.keys() != self.optimizers.keys():
+                raise KeyError(f"optimizers {sorted(optimizers)}, this run has {sorted(self.optimizers)}")
+            for side, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(optimizers[side])
+                self.schedulers[side].load_state_dict(schedulers[side])
             self.weighting.load_state_dict(state["weighting"])
             self.method.load_state_dict(state["method"])
+            for callback, saved in zip(self.callbacks[1:], state.get("callbacks", []), strict=False):
+                callback.load_state_dict(saved)
             self.streams.load_state_dict(state["streams"])
             trainer = state["trainer"]
             self.step = int(state["step"])
@@ -359,9 +468,12 @@ class Trainer:
             self.picked = dict(trainer.get("picked", {}))
             self.elapsed = trainer["elapsed"]
             self._loss_sum = trainer["loss_sum"].to(self.device)
+            if self._loss_sum.numel() != len(self._names):
+                raise ValueError(f"{self._loss_sum.numel()} logged losses, this run has {len(self._names)}")
             self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
             self._extra_sum = dict(trainer.get("extra_sum", {}))
             restore_rng(state["rng"])
+            self.fresh = False
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunError(
                 f"{path} does not match this run's model or setup ({type(exc).__name__}: {exc}); "
@@ -393,6 +505,7 @@ class Trainer:
             "weighting": self.weighting.config.name,
             "device": str(self.device),
             "run_dir": str(self.run_dir),
+            **self.provenance,
         }
         if self.picked:
             summary["validators"] = self.picked

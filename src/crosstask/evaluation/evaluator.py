@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from crosstask.data.domains import Domain
-from crosstask.data.streams import LabelReader, as_input, iterate_batches
+from crosstask.data.inputs import as_inputs, to_device
+from crosstask.data.streams import LabelReader, iterate_batches
 from crosstask.data.tasks import Task
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
+
+Predictor = Callable[[Any], dict[str, Tensor]]
 
 
 class Evaluator:
@@ -44,26 +48,31 @@ class Evaluator:
         ]
 
     @torch.no_grad()
-    def predict(self, model: MultiTaskModel, domain: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Outputs and targets by task over a whole evaluation domain (on the CPU)."""
+    def predict(
+        self, model: MultiTaskModel, domain: str, predictor: Predictor | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Outputs and targets by task over a whole evaluation domain (on the CPU). ``predictor`` replaces
+        ``model(x)``: a method's test-time procedure (adaptation on each batch, say)."""
+        forward = predictor or model
         reader = self.readers[domain]
         outputs: dict[str, list[Tensor]] = {t: [] for t in reader.keys}
         targets: dict[str, list[Tensor]] = {t: [] for t in reader.keys}
         for x, y in iterate_batches(self.domains[domain].dataset, self.batch_size, self.num_workers):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = model(as_input(x).to(self.device))
+                out = forward(to_device(as_inputs(x), self.device))
             for task, target in reader(y).items():
                 outputs[task].append(out[task].float().cpu())
                 targets[task].append(torch.as_tensor(target).cpu())
         return {t: torch.cat(v) for t, v in outputs.items()}, {t: torch.cat(v) for t, v in targets.items()}
 
-    def evaluate(self, model: MultiTaskModel) -> dict[str, float]:
+    def evaluate(self, model: MultiTaskModel, predictor: Predictor | None = None) -> dict[str, float]:
+        """Every metric of every task on every domain; ``predictor`` as in :meth:`predict`."""
         was_training = model.training
         model.eval()
         try:
             metrics = {}
             for domain in self.domains:
-                outputs, targets = self.predict(model, domain)
+                outputs, targets = self.predict(model, domain, predictor)
                 for task, output in outputs.items():
                     for metric in self.tasks[task].metric_names:
                         metrics[f"{domain}/{task}/{metric}"] = METRICS.get(metric).obj(output, targets[task])

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,29 @@ from crosstask.config import (
     validate_python,
 )
 from crosstask.data.domains import Domain
-from crosstask.data.streams import MultiStream, Stream
 from crosstask.engine.checkpoint import read_model_checkpoint
+from crosstask.engine.events import Callback
 from crosstask.engine.logging import Progress
-from crosstask.engine.method import StreamSpec
-from crosstask.engine.optim import build_optimizer
 from crosstask.engine.run_dir import RunDir
-from crosstask.engine.schedulers import build_scheduler
 from crosstask.engine.trainer import Trainer
 from crosstask.errors import ConfigError, RunError
 from crosstask.evaluation.evaluator import Evaluator
-from crosstask.experiment.build import build_domains, build_model, build_validation
+from crosstask.experiment.build import (
+    build_domains,
+    build_evaluator,
+    build_method,
+    build_model,
+    build_optimizers,
+    build_streams,
+    build_validation,
+    build_weighting,
+    check_inputs,
+    stream_specs,
+    warn_selection,
+)
 from crosstask.experiment.runtime import deterministic_mode, resolve_device, seed_everything
 from crosstask.models.model import MultiTaskModel, infer_input_shape
+from crosstask.provenance import code_revision, config_hash
 from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
 
 log = logging.getLogger(__name__)
@@ -80,69 +91,34 @@ def train(
     eval_batch_size: int = 512,
     resume: bool = False,
     progress: Progress | None = None,
+    callbacks: Sequence[Callback] = (),
+    resolved: Mapping[str, Any] | None = None,
 ) -> RunResult:
-    """Train ``model`` with a named method and weighting; the common end of :func:`run` and :func:`fit`."""
+    """Train ``model`` with a named method and weighting; the common end of :func:`run` and :func:`fit`.
+
+    ``resolved`` is the run's resolved config (what ``config.yaml`` holds): its hash goes into the summary
+    with the code revision.
+    """
     device = resolve_device(config.device)
     model.to(device)
-    tasks = model.tasks
-    specs = [
-        StreamSpec(name, d.labeled, tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]))
-        for name, d in train_domains.items()
-    ]
-    method_obj = METHODS.get(method.name).obj(method, model, specs)
-    method_obj.setup()
-    method_obj.modules.to(device)
-    if weighting.name == "static" and method_obj.default_weights:  # the paper's trade-offs, unless overridden
-        defaults = {k: v for k, v in method_obj.default_weights.items() if k in method_obj.loss_names}
-        listed = {**defaults, **weighting.weights}
-        weighting = weighting.model_copy(update={"weights": listed})
-    weighting_obj = WEIGHTINGS.get(weighting.name).obj(weighting, method_obj.loss_names)
-    weighting_obj.params.to(device)
-    optimizer = build_optimizer(
-        optim, model, [*method_obj.modules.parameters(), *weighting_obj.params.parameters()]
+    check_inputs(model, train_domains, eval_domains)
+    method_obj = build_method(method, model, train_domains)
+    weighting_obj = build_weighting(weighting, method_obj)
+    optimizers, schedulers = build_optimizers(
+        optim, scheduler, model, method_obj, weighting_obj, config.steps
     )
-    lr_schedule = build_scheduler(scheduler, optimizer, config.steps)
-    unused = [name for name in train_domains if name not in method_obj.streams_used]
-    if unused:
-        log.info("method '%s' does not draw from stream(s) %s", method.name, ", ".join(unused))
-    streams = MultiStream(
-        {
-            name: Stream(
-                d, tasks, d.batch_size or config.batch_size, seed=seed, device=device, num_workers=num_workers
-            )
-            for name, d in train_domains.items()
-            if name in method_obj.streams_used
-        }
-    )
-    evaluator = None
-    if eval_domains:
-        evaluator = Evaluator(
-            eval_domains,
-            tasks,
-            batch_size=eval_batch_size,
-            device=device,
-            bf16=config.bf16,
-            num_workers=num_workers,
-        )
-    if config.select_metric and evaluator is None:
-        raise ConfigError(
-            f"train.select/early_stopping.metric '{config.select_metric}' needs evaluation sets (data.eval, or "
-            "eval= in fit)"
-        )
-    if config.select_metric and evaluator and config.select_metric not in evaluator.metric_keys():
-        raise ConfigError(
-            f"train.select/early_stopping.metric '{config.select_metric}' is not evaluated; "
-            f"evaluation keys: {', '.join(evaluator.metric_keys())}"
-        )
+    streams = build_streams(train_domains, method_obj, model.tasks, config, seed, device, num_workers)
+    evaluator = build_evaluator(eval_domains, model.tasks, config, device, eval_batch_size, num_workers)
     validation = build_validation(
         config.validation, model, train_domains, eval_domains, device, eval_batch_size
     )
+    provenance = {"revision": code_revision(), "config_hash": config_hash(resolved) if resolved else None}
     trainer = Trainer(
         model=model,
         method=method_obj,
         weighting=weighting_obj,
-        optimizer=optimizer,
-        scheduler=lr_schedule,
+        optimizers=optimizers,
+        schedulers=schedulers,
         streams=streams,
         evaluator=evaluator,
         config=config,
@@ -151,6 +127,8 @@ def train(
         progress=progress,
         name=name,
         validation=validation,
+        callbacks=callbacks,
+        provenance=provenance,
     )
     with deterministic_mode(config.deterministic):
         summary = trainer.fit(resume=resume)
@@ -159,6 +137,16 @@ def train(
     if has_lora(model):  # the adapter alone: a few MB to ship beside the base weights
         save_adapter(model, run_dir.path / "adapter.pt")
     return RunResult(run_dir.path, summary, model)
+
+
+@contextmanager
+def releasing(directory: RunDir) -> Iterator[None]:
+    """A run that fails before training wrote anything does not keep its directory (and so its name)."""
+    try:
+        yield
+    except BaseException:
+        directory.release_if_unused()
+        raise
 
 
 # ----------------------------------------------------------------------------- from a config
@@ -172,6 +160,7 @@ def run(
     run_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     baselines: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Run an experiment from a YAML path, a config mapping or an :class:`Experiment`.
 
@@ -180,6 +169,7 @@ def run(
     ``run_dir``) from its last checkpoint; its saved config must match except for ``train.steps``.
     ``baselines=True`` also trains every task alone from the same config (``<run dir>/baselines/<task>``) and
     adds Δm% (lower is better) and the baselines' metrics to the summary (see :mod:`crosstask.baselines`).
+    ``callbacks`` receive the Trainer's events (:class:`~crosstask.engine.events.Callback`).
     """
     if isinstance(config, str | os.PathLike):
         experiment = load_config(config, overrides)
@@ -191,6 +181,7 @@ def run(
             config = apply_overrides(data, overrides)
         experiment = validate_config(config)
     seed_everything(experiment.seed)
+    warn_selection(experiment)
     train_domains = build_domains(experiment, "train")
     eval_domains = build_domains(experiment, "eval")
     input_shape = infer_input_shape(next(iter(train_domains.values())).dataset)
@@ -200,24 +191,12 @@ def run(
         if run_dir is not None
         else RunDir.create(experiment.output_dir, experiment.name, resume=resume)
     )
-    _save_config(directory, experiment.model_dump(mode="json"), resume)
-    result = train(
-        model,
-        train_domains=train_domains,
-        eval_domains=eval_domains,
-        method=experiment.method,
-        weighting=experiment.weighting,
-        optim=experiment.optim,
-        scheduler=experiment.scheduler,
-        config=experiment.train,
-        run_dir=directory,
-        name=directory.path.name,
-        seed=experiment.seed,
-        num_workers=experiment.data.num_workers,
-        eval_batch_size=experiment.data.eval_batch_size,
-        resume=resume,
-        progress=progress,
-    )
+    resolved = experiment.model_dump(mode="json")
+    with releasing(directory):
+        _save_config(directory, resolved, resume)
+        result = _train_experiment(
+            experiment, model, train_domains, eval_domains, directory, resume, progress, callbacks, resolved
+        )
     if baselines:
         from crosstask.baselines import baseline_summary, single_task_config
 
@@ -233,6 +212,38 @@ def run(
         result.summary.update(baseline_summary(result.metrics, result.baselines))
         directory.write_json(directory.summary, result.summary)
     return result
+
+
+def _train_experiment(
+    experiment: Experiment,
+    model: MultiTaskModel,
+    train_domains: dict[str, Domain],
+    eval_domains: dict[str, Domain],
+    directory: RunDir,
+    resume: bool,
+    progress: Progress | None,
+    callbacks: Sequence[Callback],
+    resolved: Mapping[str, Any],
+) -> RunResult:
+    return train(
+        model,
+        train_domains=train_domains,
+        eval_domains=eval_domains,
+        method=experiment.method,
+        weighting=experiment.weighting,
+        optim=experiment.optim,
+        scheduler=experiment.scheduler,
+        config=experiment.train,
+        run_dir=directory,
+        name=directory.path.name,
+        seed=experiment.seed,
+        num_workers=experiment.data.num_workers,
+        eval_batch_size=experiment.data.eval_batch_size,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+        resolved=resolved,
+    )
 
 
 def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> None:
@@ -308,6 +319,7 @@ def fit(
     num_workers: int = 0,
     eval_batch_size: int = 512,
     progress: Progress | None = None,
+    callbacks: Sequence[Callback] = (),
     **train_options: Any,
 ) -> RunResult:
     """Train ``model`` on plain datasets with a named method and weighting.
@@ -372,21 +384,24 @@ def fit(
         **{k: v.model_dump(mode="json") for k, v in components.items()},
         "train": train_config.model_dump(mode="json"),
     }
-    _save_config(directory, resolved, resume)
-    return train(
-        model,
-        train_domains=domains,
-        eval_domains=eval_domains,
-        config=train_config,
-        run_dir=directory,
-        name=directory.path.name,
-        seed=seed,
-        num_workers=num_workers,
-        eval_batch_size=eval_batch_size,
-        resume=resume,
-        progress=progress,
-        **components,
-    )
+    with releasing(directory):
+        _save_config(directory, resolved, resume)
+        return train(
+            model,
+            train_domains=domains,
+            eval_domains=eval_domains,
+            config=train_config,
+            run_dir=directory,
+            name=directory.path.name,
+            seed=seed,
+            num_workers=num_workers,
+            eval_batch_size=eval_batch_size,
+            resume=resume,
+            progress=progress,
+            callbacks=callbacks,
+            resolved=resolved,
+            **components,
+        )
 
 
 # ----------------------------------------------------------------------------- evaluating a finished run
@@ -395,7 +410,8 @@ def fit(
 def evaluate_run(
     run_dir: str | os.PathLike, checkpoint: str = "best", overrides: Sequence[str] = ()
 ) -> dict[str, float]:
-    """Re-score a run's checkpoint on its config's evaluation sets (``overrides`` may change them)."""
+    """Re-score a run's checkpoint on its config's evaluation sets (``overrides`` may change them), with the
+    method's test-time procedure when it has one (TENT's ``test_time_steps``, say)."""
     directory = RunDir(run_dir)
     if not directory.config.is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -408,7 +424,15 @@ def evaluate_run(
         ) from None
     spec, state = read_model_checkpoint(directory.path, prefer=checkpoint)
     model = MultiTaskModel.from_spec(spec)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise RunError(
+            f"the weights in {directory.path}'s {checkpoint} checkpoint do not fit the model its spec describes "
+            f"({detail[1].strip() if len(detail) > 1 else detail[0]}); the checkpoint was changed or written by "
+            "another version. Evaluate another checkpoint (--checkpoint last) or retrain"
+        ) from None
     device = resolve_device(experiment.train.device)
     model.to(device)
     eval_domains = build_domains(experiment, "eval")
@@ -416,6 +440,7 @@ def evaluate_run(
         raise RunError(
             f"{directory.config} defines no data.eval sets to evaluate on; add some or pass overrides"
         )
+    check_inputs(model, {}, eval_domains)
     evaluator = Evaluator(
         eval_domains,
         model.tasks,
@@ -424,4 +449,7 @@ def evaluate_run(
         bf16=experiment.train.bf16,
         num_workers=experiment.data.num_workers,
     )
-    return evaluator.evaluate(model)
+    method = METHODS.get(experiment.method.name).obj(
+        experiment.method, model, stream_specs(experiment.data.train, model.tasks)
+    )
+    return evaluator.evaluate(model, method.predictor())

@@ -1,11 +1,10 @@
 """The regularizer contract: a penalty toward the starting point, returned as one named loss of ``erm``.
 
 Design: the regularizer's config holds the paper's coefficients (L2-SP's α and β, DELTA's α and β, BSS's η,
-LwF's λ_o), and its penalty is returned already scaled, as a loss named after the regularizer (``l2sp``,
-``delta``, ``bss``, ``lwf``). With the default ``static`` weighting (weights 1.0) the objective is the paper's
-``L_task + penalty``; a weighting weight on that loss would multiply the coefficients again, so tune the
-coefficients, not the weight. Use loss weightings (``static``): gradient weightings would treat the penalty
-as one more task.
+LwF's λ_o), and its penalty is returned already scaled, as a **penalty** of ``erm`` named after the
+regularizer (``l2sp``, ``delta``, ``bss``, ``lwf``): the gradient engine adds it as it is, under every
+weighting, so the objective is the paper's ``L_task + penalty`` whether the task losses are balanced by
+``static``, ``uncertainty`` or ``mgda``.
 
 The starting point is the model when training starts (after ``model.init_from`` or the backbone's
 ``weights``): ``erm`` keeps one frozen copy of it (``start``, in eval mode) for every regularizer that needs
@@ -15,7 +14,7 @@ it, and saves it in the method's checkpoint state, so a resumed run keeps the or
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -55,6 +54,10 @@ class Regularizer:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def setup(self, trained_tasks: Collection[str]) -> None:
+        """Before training: ``trained_tasks`` are the tasks the run's training streams label (LwF keeps the
+        others' outputs). Raise a ConfigError here for a setting that cannot work."""
 
     def prepare(self, draw: Callable[[], dict[str, Batch]], streams: Sequence[StreamSpec]) -> None:
         """Before the first step of a fresh run: what must be computed from training data first (DELTA's

@@ -7,10 +7,12 @@ model's outputs for the same heads. The paper writes the cross-entropy ``−Σ y
 differs from it by the entropy of the fixed targets, so the gradients are the same and the loss is 0 when the
 model equals the old one. Batch mean, no T² factor (as in the paper); the mean over the training streams.
 
-The distilled tasks (``tasks``, default: every classification task of the model) keep their behaviour of the
-start. For the paper's setting, old tasks next to a new one, put both in the model's ``tasks`` (the old
-heads loaded by ``model.init_from``) and label only the new task in ``data.train`` (a domain's ``tasks:``):
-the new task trains on its labels while LwF keeps the old heads' outputs. The loss is named ``lwf``.
+The distilled tasks keep their behaviour of the start. By default they are the paper's **old tasks**: every
+classification task of the model that no training stream of the run labels. Put the old and the new tasks
+in the model's ``tasks`` (the old heads loaded by ``model.init_from``) and label only the new task in
+``data.train`` (a domain's ``tasks:``): the new task trains on its labels while LwF keeps the old heads'
+outputs. ``tasks: [...]`` names the distilled tasks explicitly (a trained head too, if you want to keep it
+near its start). The penalty is named ``lwf``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ class LwFConfig(ComponentConfig):
     lambda_old: float = Field(default=1.0, ge=0.0, description="λ_o: weight of the old tasks' outputs")
     temperature: float = Field(default=2.0, gt=0.0, description="T: softens both distributions")
     tasks: list[str] | None = Field(
-        default=None, description="tasks whose outputs are kept (default: every classification task)"
+        default=None,
+        description="tasks whose outputs are kept (default: the old tasks: classification tasks no training "
+        "stream labels)",
     )
 
 
@@ -51,13 +55,8 @@ class LwF(Regularizer):
     def __init__(self, config: LwFConfig, model, start):
         super().__init__(config, model, start)
         kinds = {t.name: t.kind for t in model.tasks}
-        if config.tasks is None:
-            self.tasks = [name for name, kind in kinds.items() if kind == "classification"]
-            if not self.tasks:
-                raise ConfigError(
-                    "regularizer lwf distils classification outputs; the model has no such task"
-                )
-        else:
+        self.tasks: list[str] = []
+        if config.tasks is not None:
             unknown = [t for t in config.tasks if t not in kinds]
             if unknown:
                 raise ConfigError(
@@ -71,6 +70,19 @@ class LwF(Regularizer):
                     "probabilities"
                 )
             self.tasks = list(config.tasks)
+
+    def setup(self, trained_tasks) -> None:
+        if self.config.tasks is not None:
+            return
+        kinds = {t.name: t.kind for t in self.model.tasks}
+        self.tasks = [n for n, kind in kinds.items() if kind == "classification" and n not in trained_tasks]
+        if not self.tasks:
+            raise ConfigError(
+                "regularizer lwf keeps the outputs of the old tasks (classification tasks that no training stream "
+                f"labels), but the training streams label every one ({', '.join(kinds)}). Add the old tasks to "
+                "the model's tasks and label only the new one in data.train (a domain's tasks: [...]), or name "
+                "the tasks to distil: method.regularizers: [{name: lwf, tasks: [...]}]"
+            )
 
     def penalty(self, forwards: Sequence[StreamForward]) -> Tensor:
         total = 0.0

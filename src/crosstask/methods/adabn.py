@@ -12,9 +12,9 @@ In the one-Trainer world: ``setup()`` resets the running statistics and sets eve
 ``torch.no_grad()`` with only the BatchNorm layers in train mode (dropout stays off, as at test time), so
 after ``train.steps`` steps the running statistics are the mean of the per-batch statistics of that many
 target batches (``train.steps × train.accumulate`` with accumulation) (with one batch holding the whole target set, exactly its mean and unbiased variance).
-The step returns the constant loss ``statistics`` = 0 for the log, and ``updates_parameters = False`` tells
-the Trainer to skip the backward pass and the optimizer step: the weights stay exactly as trained (weight
-decay and momentum included), whatever weighting the config names. The method is source-free (``needs_source = False``)
+The step returns no objective and no penalty, so the Trainer takes no backward pass and no optimizer step:
+the weights stay exactly as trained (weight decay and momentum included), whatever weighting the config
+names. The method is source-free (``needs_source = False``)
 and works for any task kind. Start from a trained model: ``model.init_from: <run dir>``. The BatchNorm layers
 keep ``momentum = None`` after the run.
 """
@@ -74,8 +74,7 @@ class AdaBN(Adaptation):
     config: AdaBNConfig
     needs_source = False
     classification_only = False
-    updates_parameters = False
-    transfer_losses = ("statistics",)
+    transfer_losses = ()
 
     def __init__(self, config: AdaBNConfig, model, streams):
         super().__init__(config, model, streams)
@@ -97,4 +96,4 @@ class AdaBN(Adaptation):
         x = batch[self.target.name].x
         with torch.no_grad(), batch_norm_only_training(self.model):
             self.model(x)
-        return StepOutput({"statistics": torch.zeros((), device=x.device)})
+        return StepOutput({})

@@ -3,10 +3,12 @@
 A step draws a batch from the source stream (labeled), the target stream (unlabeled) and, for
 semi-supervised adaptation, a stream with a few target labels. The batches go through the model in one
 forward pass when their inputs have the same shape (normalization layers then see both domains, as in the
-Transfer-Learning-Library), else in one pass each. The supervised losses are ``source`` (and ``target``
-with target labels); a method adds its own (``transfer``, ...) in :meth:`Adaptation.transfer`. The weighting
-combines them: ``static`` weights are the papers' trade-off λ (``weighting: {name: static, weights:
-{transfer: 0.3}}``), and any dynamic weighting works too.
+Transfer-Learning-Library), else in one pass each. The supervised objectives are ``source`` (and ``target``
+with target labels); a method adds its own terms in :meth:`Adaptation.transfer`: objectives
+(:attr:`~Adaptation.transfer_losses`, balanced by the weighting with the supervised ones) and penalties
+(:attr:`~Adaptation.transfer_penalties`, added with their own coefficient). The paper's trade-off λ on the
+method's adaptation term is ``method.trade_off``, multiplied into it by the method, so it holds under every
+weighting (``static``'s weights then scale from 1; a dynamic weighting balances ``λ·L_transfer``).
 
 Stream names default to ``source`` / ``target``; with other names, the only labeled stream is the source
 and the only unlabeled one the target, or name them with ``method.source`` / ``method.target``.
@@ -21,8 +23,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from crosstask.data.inputs import Inputs, batch_size, can_concat, concat
 from crosstask.data.streams import Batch
-from crosstask.engine.method import Method, StepOutput, StreamSpec
+from crosstask.engine.method import Method, Representation, StepOutput, StreamSpec
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
 from crosstask.registry import ComponentConfig
@@ -40,6 +43,9 @@ class AdaptationConfig(ComponentConfig):
     )
     labeled_target: str | None = Field(
         default=None, description="a stream with a few target labels: semi-supervised adaptation"
+    )
+    trade_off: float = Field(
+        default=1.0, ge=0.0, description="λ: the paper's weight of the method's adaptation term"
     )
 
 
@@ -64,14 +70,16 @@ class Views:
     source: View | None
     target: View
     labeled_target: View | None
-    features: Tensor  # every view's features, concatenated (the shared representation of the step)
+    representation: Tensor | tuple[Tensor, ...]  # the joint forward pass's features, or one per pass
 
 
 class Adaptation(Method):
-    """Base class: subclasses implement :meth:`transfer` and set :attr:`transfer_losses`."""
+    """Base class: subclasses implement :meth:`transfer` and set :attr:`transfer_losses` (objectives) and
+    :attr:`transfer_penalties`."""
 
     config: AdaptationConfig
     transfer_losses: ClassVar[tuple[str, ...]] = ("transfer",)
+    transfer_penalties: ClassVar[tuple[str, ...]] = ()
     needs_source: ClassVar[bool] = True  # False: source-free methods (test-time adaptation)
     classification_only: ClassVar[bool] = True
 
@@ -135,29 +143,33 @@ class Adaptation(Method):
         return spec
 
     @property
-    def loss_names(self) -> list[str]:
+    def objective_names(self) -> list[str]:
         supervised = ["source"] if self.needs_source else []
         supervised += ["target"] if self.labeled_target is not None else []
         return [*supervised, *self.transfer_losses]
 
+    @property
+    def penalty_names(self) -> list[str]:
+        return list(self.transfer_penalties)
+
     # ------------------------------------------------------------------ the step
 
-    def forward_views(self, inputs: list[Tensor]) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-        """``(logits, features)`` of every input batch, in one forward pass when their shapes allow, and
-        the features of all of them concatenated (the step's shared representation)."""
-        if all(x.shape[1:] == inputs[0].shape[1:] for x in inputs):
-            output = self.model.forward_all(torch.cat(inputs))
+    def forward_views(self, inputs: list[Inputs]) -> tuple[list[tuple[Tensor, Tensor]], Representation]:
+        """``(logits, features)`` of every input batch, in one forward pass when their shapes allow, and the
+        step's shared representation: that pass's features (before they are split), or one tensor per pass."""
+        if can_concat(inputs):
+            output = self.model.forward_all(concat(inputs))
             joint = self._features(output)
-            sizes = [len(x) for x in inputs]
+            sizes = [batch_size(x) for x in inputs]
             return list(zip(output.outputs[self.task].split(sizes), joint.split(sizes), strict=True)), joint
         outputs = [self.model.forward_all(x) for x in inputs]
         pairs = [(o.outputs[self.task], self._features(o)) for o in outputs]
-        return pairs, torch.cat([f for _, f in pairs])
+        return pairs, tuple(f for _, f in pairs)
 
     def views(self, batch: dict[str, Batch]) -> Views:
         """The model's outputs for every stream of the step (see :meth:`forward_views`)."""
         specs = self.train_streams
-        pairs, joint = self.forward_views([batch[s.name].x for s in specs])
+        pairs, representation = self.forward_views([batch[s.name].x for s in specs])
         views = {}
         for spec, (logits, features) in zip(specs, pairs, strict=True):
             data = batch[spec.name]
@@ -167,7 +179,7 @@ class Adaptation(Method):
             views.get(self.source.name) if self.source else None,
             views[self.target.name],
             views.get(self.labeled_target.name) if self.labeled_target else None,
-            joint,
+            representation,
         )
 
     def _features(self, output) -> Tensor:
@@ -188,10 +200,19 @@ class Adaptation(Method):
         return out
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
-        """The method's own losses, named as in :attr:`transfer_losses`."""
+        """The method's own terms, named as in :attr:`transfer_losses` and :attr:`transfer_penalties`."""
         raise NotImplementedError
+
+    def step_output(
+        self, views: Views, terms: dict[str, Tensor], logs: dict[str, Tensor] | None = None
+    ) -> StepOutput:
+        """The supervised objectives of ``views`` and the method's ``terms``, sorted into objectives and
+        penalties."""
+        penalty_names = set(self.penalty_names)
+        objectives = {**self.supervised(views), **{k: v for k, v in terms.items() if k not in penalty_names}}
+        penalties = {k: v for k, v in terms.items() if k in penalty_names}
+        return StepOutput(objectives, penalties, logs or {}, views.representation)
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         views = self.views(batch)
-        losses = {**self.supervised(views), **self.transfer(views)}
-        return StepOutput(losses, shared=views.features)
+        return self.step_output(views, self.transfer(views))

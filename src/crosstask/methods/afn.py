@@ -8,15 +8,16 @@ of both domains step by step. At each step, with ``h(x; θ₀)`` the norm comput
     L_norm = λ / (n_s + n_t) · Σ_{x ∈ D_s ∪ D_t} (‖h(x; θ)‖₂ − (‖h(x; θ₀)‖₂ + Δr))²
 
 i.e. the mean over the source and target rows of the batch (TLlib instead sums the two domains' means, so
-its λ counts twice). Its value is always ``Δr²``; its gradient pushes every norm up by ``Δr``. Paper
-defaults: ``Δr = 1`` (``delta``), ``λ = 0.05`` (``weighting: {name: static, weights: {transfer: 0.05}}``).
+its λ counts twice). Its value is always ``λ·Δr²``; its gradient pushes every norm up by ``Δr``. Its value
+carries no information to balance, so it is a penalty (``norm``), added with λ = ``trade_off`` under every
+weighting. Paper defaults: ``Δr = 1`` (``delta``), ``λ = 0.05`` (``trade_off``).
 
 Options: ``dropout`` applies the paper's L2-preserving dropout (mask with probability ``p``, scale by
 ``1/√(1 − p)``, which keeps the expected squared norm) to the features whose norm is taken, in training only;
 leave it 0 when the model's bottleneck already has dropout. ``entropy: true`` adds the entropy of the target
-predictions as a loss ``entropy`` (the paper's SAFN+ENT; TLlib digits: weight 0.03). Losses: ``source``,
-``transfer`` (``L_norm`` without λ) and, with ``entropy``, ``entropy``. Any task kind works without
-``entropy``.
+predictions as an objective ``entropy`` (the paper's SAFN+ENT; TLlib digits: weight 0.03, a ``static``
+weight). Objectives: ``source`` and, with ``entropy``, ``entropy``; penalty ``norm`` (``λ·L_norm``). Any task
+kind works without ``entropy``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from crosstask.registry import METHODS
 
 
 class AFNConfig(AdaptationConfig):
+    trade_off: float = Field(
+        default=0.05, ge=0.0, description="λ: the weight of the norm penalty (paper: 0.05)"
+    )
     delta: float = Field(
         default=1.0, gt=0.0, description="Δr, the norm increase asked at every step (paper: 1)"
     )
@@ -54,7 +58,8 @@ class AFN(Adaptation):
 
     config: AFNConfig
     classification_only = False
-    default_weights = {"transfer": 0.05}  # λ of the paper (SAFN)
+    transfer_losses = ()
+    transfer_penalties = ("norm",)
 
     def __init__(self, config: AFNConfig, model, streams):
         super().__init__(config, model, streams)
@@ -65,15 +70,20 @@ class AFN(Adaptation):
             )
 
     @property
-    def loss_names(self) -> list[str]:
-        return [*super().loss_names, *(["entropy"] if self.config.entropy else [])]
+    def objective_names(self) -> list[str]:
+        return [*super().objective_names, *(["entropy"] if self.config.entropy else [])]
+
+    def penalty_coefficient(self, name: str) -> str:
+        return "method.trade_off"
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
         features = torch.cat([views.source.features, views.target.features]).flatten(1).float()
         if self.config.dropout and self.model.training:
             features = l2_preserving_dropout(features, self.config.dropout)
         norms = features.norm(dim=1)
-        losses = {"transfer": (norms - (norms.detach() + self.config.delta)).pow(2).mean()}
+        losses = {
+            "norm": self.config.trade_off * (norms - (norms.detach() + self.config.delta)).pow(2).mean()
+        }
         if self.config.entropy:
             p = views.target.probabilities
             losses["entropy"] = -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean()

@@ -89,7 +89,9 @@ class CDAN(Adaptation):
             reverse_gradient(conditioning(views.target.features, target_p), coefficient),
         )
         if not self.config.entropy:
-            return {"transfer": domain_loss(source_logits, target_logits)}
+            return {"transfer": self.config.trade_off * domain_loss(source_logits, target_logits)}
         source_w = 1.0 + torch.exp(-prediction_entropy(source_p))
         target_w = 1.0 + torch.exp(-prediction_entropy(target_p))
-        return {"transfer": domain_loss(source_logits, target_logits, source_w, target_w)}
+        return {
+            "transfer": self.config.trade_off * domain_loss(source_logits, target_logits, source_w, target_w)
+        }

@@ -15,9 +15,8 @@ One registered method, two modes, picked from the training streams:
   DomainBed, whose covariance term is the mean of squared entries (``/d²``), the CORAL term keeps the
   paper's ``/(4d²)``.
 
-In both modes λ is the ``static`` weighting's weight on ``transfer``: ``weighting: {name: static, weights:
-{transfer: 1.0}}`` (DomainBed's default γ = 1; Sun & Saenko pick λ so that the two losses are of the same
-size at the end of training). ``match_mean`` adds the mean term (default: on in generalization, as
+In both modes λ is ``method.trade_off``, multiplied into the objective ``transfer`` (DomainBed's default
+γ = 1; Sun & Saenko pick λ so that the two losses are of the same size at the end of training). ``match_mean`` adds the mean term (default: on in generalization, as
 DomainBed; off in adaptation, as the paper).
 """
 
@@ -78,7 +77,7 @@ class DeepCORAL(CORAL, Adaptation):
         loss = coral_loss(source, target)
         if self.config.match_mean:
             loss = loss + mean_distance(source, target)
-        return {"transfer": loss}
+        return {"transfer": self.config.trade_off * loss}
 
 
 class CORALGeneralization(CORAL, Generalization):
@@ -102,4 +101,7 @@ class CORALGeneralization(CORAL, Generalization):
         for a, b in combinations(features, 2):
             distance = coral_loss(a, b)
             pairs.append(distance + mean_distance(a, b) if match_mean else distance)
-        return {"risk": self.risks(views).mean(), "transfer": torch.stack(pairs).mean()}
+        return {
+            "risk": self.risks(views).mean(),
+            "transfer": self.config.trade_off * torch.stack(pairs).mean(),
+        }

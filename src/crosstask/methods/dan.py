@@ -55,6 +55,5 @@ class DAN(Adaptation):
         self.kernels = GaussianKernels(tuple(config.bandwidths))
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
-        return {
-            "transfer": mmd(views.source.features, views.target.features, self.kernels, self.config.estimator)
-        }
+        distance = mmd(views.source.features, views.target.features, self.kernels, self.config.estimator)
+        return {"transfer": self.config.trade_off * distance}

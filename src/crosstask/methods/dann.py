@@ -51,4 +51,4 @@ class DANN(Adaptation):
             reverse_gradient(views.source.features, coefficient),
             reverse_gradient(views.target.features, coefficient),
         )
-        return {"transfer": domain_loss(source, target)}
+        return {"transfer": self.config.trade_off * domain_loss(source, target)}

@@ -17,9 +17,11 @@ One loss per labeled stream (``source``, ``target``, ...), so ``λ1·L_source + 
   (:func:`crosstask.models.lora.apply_lora`, ``model.lora`` in a config).
 
 ``regularizers`` pull the model toward its starting point (the weights when training starts, after
-``model.init_from``): ``l2sp``, ``delta``, ``bss``, ``lwf`` (:mod:`crosstask.finetune`). Each adds one loss
-named after it, scaled by its own coefficients (the paper's α, β, η, λ_o), so keep its weighting weight at 1.
-The starting point is one frozen copy of the model, saved with the method's state (a resume keeps it).
+``model.init_from``): ``l2sp``, ``delta``, ``bss``, ``lwf`` (:mod:`crosstask.finetune`). Each adds one
+penalty named after it, scaled by its own coefficients (the paper's α, β, η, λ_o) and added as it is under
+every weighting; the weighting balances the streams' objectives only. The starting point is one frozen copy
+of the model, saved with the method's state (a resume keeps it); what a regularizer computes from data
+first (DELTA's attention) is done when a fresh run starts (the ``on_fit_start`` event), never on resume.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import Tensor
 
 from crosstask.config import component
 from crosstask.data.streams import Batch
-from crosstask.engine.method import Method, StepOutput, labeled_losses
+from crosstask.engine.method import Method, StepOutput, labeled_losses, representation_of
 from crosstask.engine.optim import Stage, backbone_stages
 from crosstask.errors import ConfigError
 from crosstask.finetune.base import Regularizer, StreamForward, frozen_copy
@@ -109,10 +111,20 @@ class ERM(Method):
         self.unfrozen: int | None = None  # how many stages (from the top) train now
 
     @property
-    def loss_names(self) -> list[str]:
-        return [s.name for s in self.train_streams] + list(self.regularizers)
+    def objective_names(self) -> list[str]:
+        return [s.name for s in self.train_streams]
+
+    @property
+    def penalty_names(self) -> list[str]:
+        return list(self.regularizers)
+
+    def penalty_coefficient(self, name: str) -> str:
+        return f"the coefficients of method.regularizers' '{name}' entry"
 
     def setup(self) -> None:
+        trained = {task for spec in self.train_streams for task in spec.tasks}
+        for regularizer in self.regularizers.values():
+            regularizer.setup(trained)
         finetune = self.config.finetune
         if has_lora(self.model) != (finetune == "lora"):
             raise ConfigError(
@@ -172,18 +184,17 @@ class ERM(Method):
             for regularizer in self.regularizers.values():
                 watching.enter_context(regularizer.watch())
             pair_losses, outputs = labeled_losses(self.model, batch, self.train_streams)
-        losses: dict[str, Tensor] = {}
-        for (stream, _task), loss in pair_losses.items():  # one loss per stream: the sum over its tasks
-            losses[stream] = losses[stream] + loss if stream in losses else loss
+        objectives: dict[str, Tensor] = {}
+        for (stream, _task), loss in pair_losses.items():  # one objective per stream: the sum over its tasks
+            objectives[stream] = objectives[stream] + loss if stream in objectives else loss
         forwards = [StreamForward(s.name, batch[s.name].x, outputs[s.name]) for s in self.train_streams]
-        for name, regularizer in self.regularizers.items():
-            losses[name] = regularizer.penalty(forwards)
-        shared = forwards[0].output.shared if len(forwards) == 1 else None
-        return StepOutput(losses, shared=shared)
+        penalties = {name: regularizer.penalty(forwards) for name, regularizer in self.regularizers.items()}
+        return StepOutput(objectives, penalties, representation=representation_of(outputs.values()))
 
-    def prepare(self, draw) -> None:
-        for regularizer in self.regularizers.values():
-            regularizer.prepare(draw, self.train_streams)
+    def on_fit_start(self, trainer) -> None:
+        if trainer.fresh:  # what regularizers compute from data before training; kept in the checkpoint
+            for regularizer in self.regularizers.values():
+                regularizer.prepare(trainer.draw, self.train_streams)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -75,8 +75,9 @@ class FixMatch(Adaptation):
             joint,
         )
         consistency, mask = confident_cross_entropy(strong_logits, weak_logits, self.config.threshold)
-        losses = {**self.supervised(views), "consistency": consistency}
-        return StepOutput(losses, logs={"confident": mask.mean()}, shared=joint)
+        return self.step_output(
+            views, {"consistency": self.config.trade_off * consistency}, {"confident": mask.mean()}
+        )
 
     def transfer(self, views: Views) -> dict[str, Tensor]:  # training_step computes it from two views
         raise NotImplementedError("FixMatch computes its loss in training_step, from two augmented views")

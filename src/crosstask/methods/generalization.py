@@ -5,16 +5,15 @@ is never seen in training (evaluate it with ``data.eval``, or run :func:`crossta
 which holds each domain out in turn). A step draws one batch per domain and sends them through the model in
 one joint forward pass when their inputs have the same shape (normalization layers then see every domain,
 as in DomainBed), else in one pass per domain. Subclasses get the per-domain outputs as :class:`DomainView`
-objects and the per-domain risks from :meth:`Generalization.risks`, and return their named losses from
-:meth:`Generalization.objective`. The supervised part is named ``risk``; a method's regularizer is usually
-``penalty``, whose trade-off λ is the ``static`` weighting's weight (``weighting: {name: static, weights:
-{penalty: λ}}``).
+objects and the per-domain risks from :meth:`Generalization.risks`, and return their named terms from
+:meth:`Generalization.objective`: objectives (:attr:`~Generalization.objective_losses`; the supervised part
+is named ``risk``) and penalties (:attr:`~Generalization.penalty_losses`, usually ``penalty``, whose
+coefficient λ is ``method.penalty_weight`` and holds under every weighting). The step's shared
+representation is the joint pass's features (or one tensor per pass), which the losses go through.
 
 Penalties that start small and switch to their full weight after ``anneal_steps`` (IRM, V-REx) share
-:class:`PenaltyAnnealConfig`: the anneal lives in the method, as a multiplier on the penalty before the
-switch, because the weighting does not know the step. At the switch the papers' code (and DomainBed) start
-the optimizer afresh; a method asks for that with :attr:`Generalization.reset_optimizer_state` (the Trainer
-clears the optimizer's state when it is true).
+:class:`PenaltyAnnealConfig`. At the switch the papers' code (and DomainBed) start the optimizer afresh: the
+method clears the optimizer's state when the switch step starts (its ``on_step_start`` handler).
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from crosstask.data.inputs import batch_size, can_concat, concat
 from crosstask.data.streams import Batch
-from crosstask.engine.method import Method, StepOutput, StreamSpec
+from crosstask.engine.method import Method, Representation, StepOutput, StreamSpec, representation_of
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
 from crosstask.registry import ComponentConfig
@@ -45,8 +45,9 @@ class GeneralizationConfig(ComponentConfig):
 
 class PenaltyAnnealConfig(ComponentConfig):
     """The penalty anneal of IRM and V-REx: the penalty is multiplied by ``anneal_scale`` before
-    ``anneal_steps``, then counts with its full weight λ (the static weighting's weight on ``penalty``)."""
+    ``anneal_steps``, then counts with its full weight λ (``penalty_weight``)."""
 
+    penalty_weight: float = Field(default=1.0, ge=0.0, description="λ: the weight of the penalty")
     anneal_steps: int = Field(
         default=500, ge=0, description="steps before the penalty counts fully (0: from the start)"
     )
@@ -59,8 +60,9 @@ class PenaltyAnnealConfig(ComponentConfig):
         default=True, description="clear the optimizer's state (Adam's moments) when the full weight starts"
     )
 
-    def penalty_scale(self, step: int) -> float:
-        return self.anneal_scale if step < self.anneal_steps else 1.0
+    def penalty_factor(self, step: int) -> float:
+        """The penalty's coefficient at ``step``: λ times the anneal's multiplier."""
+        return self.penalty_weight * (self.anneal_scale if step < self.anneal_steps else 1.0)
 
 
 @dataclass
@@ -75,10 +77,12 @@ class DomainView:
 
 
 class Generalization(Method):
-    """Base class: subclasses implement :meth:`objective` and set :attr:`objective_losses`."""
+    """Base class: subclasses implement :meth:`objective` and set :attr:`objective_losses` (and
+    :attr:`penalty_losses`)."""
 
     config: GeneralizationConfig
     objective_losses: ClassVar[tuple[str, ...]] = ("risk",)
+    penalty_losses: ClassVar[tuple[str, ...]] = ()
     min_domains: ClassVar[int] = 2  # a method comparing domains needs at least two
 
     def __init__(self, config: GeneralizationConfig, model, streams: list[StreamSpec]):
@@ -122,39 +126,57 @@ class Generalization(Method):
         return labeled
 
     @property
-    def loss_names(self) -> list[str]:
+    def objective_names(self) -> list[str]:
         return list(self.objective_losses)
 
     @property
-    def reset_optimizer_state(self) -> bool:
-        """True on the one step where the optimizer's state should be cleared (before its update)."""
+    def penalty_names(self) -> list[str]:
+        return list(self.penalty_losses)
+
+    def penalty_coefficient(self, name: str) -> str:
+        return "method.penalty_weight"
+
+    def on_step_start(self, trainer) -> None:
+        """IRM / V-REx: clear the optimizer's state when the penalty's full weight starts."""
         config = self.config
-        return (
+        if (
             isinstance(config, PenaltyAnnealConfig)
             and config.reset_optimizer
             and config.anneal_steps > 0
-            and self.step == config.anneal_steps
-        )
+            and trainer.step == config.anneal_steps
+        ):
+            trainer.reset_optimizer_state()
 
     # ------------------------------------------------------------------ the step
 
-    def views(self, batch: dict[str, Batch], domains: list[StreamSpec] | None = None) -> list[DomainView]:
-        """The model's outputs for every domain (default: all), in one pass when the input shapes allow."""
+    def forward_domains(
+        self, batch: dict[str, Batch], domains: list[StreamSpec] | None = None
+    ) -> tuple[list[DomainView], Representation]:
+        """The model's outputs for every domain (default: all), in one pass when the input shapes allow, and
+        the shared representation the outputs were computed from (that pass's features before the split, or
+        one tensor per pass; ``None`` for an architecture without one)."""
         domains = self.domains if domains is None else domains
         inputs = [batch[d.name].x for d in domains]
-        if all(x.shape[1:] == inputs[0].shape[1:] for x in inputs):
-            output = self.model.forward_all(torch.cat(inputs))
-            sizes = [len(x) for x in inputs]
+        if can_concat(inputs):
+            output = self.model.forward_all(concat(inputs))
+            sizes = [batch_size(x) for x in inputs]
             logits = output.outputs[self.task].split(sizes)
             features = output.shared.split(sizes) if output.shared is not None else [None] * len(sizes)
+            representation = output.shared
         else:
             outputs = [self.model.forward_all(x) for x in inputs]
             logits = [o.outputs[self.task] for o in outputs]
             features = [o.shared for o in outputs]
-        return [
+            representation = representation_of(outputs)
+        views = [
             DomainView(d.name, lg, ft, batch[d.name].y[self.task], self.task in batch[d.name].complete)
             for d, lg, ft in zip(domains, logits, features, strict=True)
         ]
+        return views, representation
+
+    def views(self, batch: dict[str, Batch], domains: list[StreamSpec] | None = None) -> list[DomainView]:
+        """The model's outputs for every domain (default: all); see :meth:`forward_domains`."""
+        return self.forward_domains(batch, domains)[0]
 
     def risk(self, view: DomainView, logits: Tensor | None = None) -> Tensor:
         """The task loss of one domain (on ``logits`` if given, e.g. scaled ones)."""
@@ -170,11 +192,17 @@ class Generalization(Method):
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        views = self.views(batch)
-        losses = self.objective(views)
-        features = [v.features for v in views]
-        shared = torch.cat(features) if all(f is not None for f in features) else None
-        return StepOutput(losses, shared=shared)
+        views, representation = self.forward_domains(batch)
+        return self.step_output(self.objective(views), representation)
+
+    def step_output(self, terms: dict[str, Tensor], representation: Representation = None) -> StepOutput:
+        """``terms`` sorted into objectives and penalties."""
+        penalties = set(self.penalty_losses)
+        return StepOutput(
+            {k: v for k, v in terms.items() if k not in penalties},
+            {k: v for k, v in terms.items() if k in penalties},
+            representation=representation,
+        )
 
     def features(self, view: DomainView) -> Tensor:
         """A domain's shared features, or a config error when the architecture has no single representation."""

@@ -7,19 +7,18 @@ A predictor is invariant when the same classifier on top of the features is opti
 
     min_Φ  Σ_e R^e(Φ)  +  λ · ‖∇_{w | w=1.0} R^e(w · Φ)‖²
 
-Losses: ``risk`` (the mean of the domain risks) and ``penalty`` (the mean of the domain penalties). λ is the
-``static`` weighting's weight on ``penalty`` (``weighting: {name: static, weights: {penalty: 100}}``).
+Objective ``risk`` (the mean of the domain risks) and penalty ``penalty`` (λ times the mean of the domain
+penalties; λ = ``penalty_weight``, added as it is under every weighting).
 ``unbiased: true`` uses the paper's unbiased estimate (section 3.2): the product of the gradients on the two
 halves of a domain's batch instead of the square of one.
 
 Anneal (section 5.1 of the paper, and DomainBed): the penalty is weighted lightly for the first
-``anneal_steps``, then with λ. The anneal lives here, as a multiplier ``anneal_scale`` on the penalty before
-the switch (the weighting does not know the step); the effective weight is ``λ · anneal_scale`` before and
-``λ`` after, so ``anneal_scale = 1/λ`` is the papers' weight 1 before the switch. Defaults are DomainBed's
-(Gulrajani & Lopez-Paz 2021): λ = 100 (set it in the weighting), ``anneal_steps: 500``, ``anneal_scale:
-0.01``. At the switch the loss jumps by a factor of up to λ; the paper's code rescales the loss, DomainBed
-starts Adam afresh. Here the method asks the Trainer to clear the optimizer's state at the switch
-(``reset_optimizer``, see :attr:`~crosstask.methods.generalization.Generalization.reset_optimizer_state`).
+``anneal_steps``, then with λ: the effective weight is ``λ · anneal_scale`` before the switch and ``λ``
+after, so ``anneal_scale = 1/λ`` is the papers' weight 1 before the switch. Defaults are DomainBed's
+(Gulrajani & Lopez-Paz 2021): λ = 100, ``anneal_steps: 500``, ``anneal_scale: 0.01``. At the switch the
+loss jumps by a factor of up to λ; the paper's code rescales the loss, DomainBed starts Adam afresh. Here the
+method clears the optimizer's state when the switch step starts (``reset_optimizer``; see
+:class:`~crosstask.methods.generalization.PenaltyAnnealConfig`).
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from crosstask.registry import METHODS
 
 
 class IRMConfig(GeneralizationConfig, PenaltyAnnealConfig):
+    penalty_weight: float = Field(default=100.0, ge=0.0, description="λ: the weight of the IRMv1 penalty")
     unbiased: bool = Field(
         default=False, description="product of the two half-batch gradients instead of the squared gradient"
     )
@@ -65,7 +65,8 @@ class IRM(Generalization):
     """IRMv1: domain risks plus the squared gradient of each at a dummy classifier scale (Arjovsky et al. 2019)."""
 
     config: IRMConfig
-    objective_losses = ("risk", "penalty")
+    objective_losses = ("risk",)
+    penalty_losses = ("penalty",)
 
     def objective(self, views: list[DomainView]) -> dict[str, Tensor]:
         task = self.tasks[self.task]
@@ -73,4 +74,4 @@ class IRM(Generalization):
         penalty = torch.stack(
             [irm_penalty(task, v.logits, v.y, not v.complete, self.config.unbiased) for v in views]
         ).mean()
-        return {"risk": risk, "penalty": penalty * self.config.penalty_scale(self.step)}
+        return {"risk": risk, "penalty": penalty * self.config.penalty_factor(self.step)}

@@ -48,11 +48,10 @@ class JAN(Adaptation):
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
         source, target = views.source, views.target
-        return {
-            "transfer": joint_mmd(
-                [source.features, source.probabilities],
-                [target.features, target.probabilities],
-                self.kernels,
-                self.config.estimator,
-            )
-        }
+        distance = joint_mmd(
+            [source.features, source.probabilities],
+            [target.features, target.probabilities],
+            self.kernels,
+            self.config.estimator,
+        )
+        return {"transfer": self.config.trade_off * distance}

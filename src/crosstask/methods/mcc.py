@@ -51,4 +51,7 @@ class MCC(Adaptation):
     transfer_losses = ("confusion",)
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
-        return {"confusion": class_confusion_loss(views.target.logits, self.config.temperature)}
+        return {
+            "confusion": self.config.trade_off
+            * class_confusion_loss(views.target.logits, self.config.temperature)
+        }

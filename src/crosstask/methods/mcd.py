@@ -10,30 +10,29 @@ The paper alternates three optimizer steps per batch: (A) ``G``, ``F1``, ``F2`` 
 (B) with ``G`` fixed, the classifiers minimize ``L_source − d`` (find target samples outside the source
 support); (C) with the classifiers fixed, ``G`` minimizes ``d``, ``n`` times (``n = 4`` for digits).
 
-crosstask takes one optimizer step per training step, so the game is played across steps
-(``schedule: alternating``, the default): one step in which the classifiers maximize ``d`` on target
-features without gradient (step B), then ``generator_steps`` steps (the paper's ``n``) in which the features
-minimize ``d`` through classifiers that receive no gradient (step C); every step also trains everything on
-the source losses (step A). The classifiers' side is written as reversed gradients
-(:func:`~crosstask.modules.grl.call_with_reversed_parameters`) so that ``transfer`` is ``d`` itself (≥ 0)
-rather than ``−d``; the gradients are the same. ``schedule: simultaneous`` plays both sides in every step
-(the classifiers reversed, the features plain): on our toy shifts this gradient descent-ascent oscillated,
-sometimes below source-only, where the alternating game settled above it. One optimizer serves both
-sides, so in the features' turns the classifiers get no gradient from ``d`` but their momentum (and weight
-decay) still moves them a little; the paper and TLlib step a separate classifier optimizer only in steps A
-and B. The features' side is multiplied by ``reversal`` after
-a DANN warm-up (``warmup_steps: 1`` turns the warm-up off, as in the paper).
+crosstask plays the game across training steps (``schedule: alternating``, the default): one step in which
+the classifiers maximize ``d`` on target features without gradient (step B), then ``generator_steps`` steps
+(the paper's ``n``) in which the features minimize ``d`` through classifiers that receive no gradient (step
+C); every step also trains on the source losses (step A). As in the paper, the two sides have optimizers of
+their own (:meth:`~crosstask.engine.method.Method.optimizer_sides`: ``features``, the shared part, and
+``classifiers``, both heads of the adapted task): in the features' turns the classifiers' optimizer rests, so
+neither their momentum nor their weight decay moves them. The classifiers' side is written as reversed
+gradients (:func:`~crosstask.modules.grl.call_with_reversed_parameters`) so that ``transfer`` is ``d``
+itself (≥ 0) rather than ``−d``; the gradients are the same. ``schedule: simultaneous`` plays both sides in
+every step (the classifiers reversed, the features plain, both optimizers stepping): on our toy shifts this
+gradient descent-ascent oscillated, sometimes below source-only, where the alternating game settled above
+it. The features' side is multiplied by ``reversal`` after a DANN warm-up (``warmup_steps: 1`` turns the
+warm-up off, as in the paper).
 
 TLlib adds a class-balance term to steps A and B, ``balance = −Σ_classifiers mean_k log(mean_batch p_k +
 1e-6)`` on the target predictions (TLlib ``mcd.py``, ``--trade-off-entropy``): it is smallest when
 each classifier spreads the target batch over all classes, and keeps the features from ending the game the
-cheap way, by sending every target sample to one class where both classifiers agree. It is loss
-``balance`` with default weight 0.01 (TLlib's default; its digits recipe uses 0.03; ``balance: false`` drops
-it).
+cheap way, by sending every target sample to one class where both classifiers agree. It is the penalty
+``balance`` with coefficient ``balance_weight`` (TLlib's default 0.01; its digits recipe uses 0.03;
+``balance: false`` drops it).
 
-Losses: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled streams), ``transfer``
-(``d``) and ``balance``; evaluation uses F1. The trade-off on ``d`` (TLlib digits: 0.3) is ``weighting:
-{name: static, weights: {transfer: 0.3}}``.
+Objectives: ``source`` (F1), ``second_classifier`` (F2's task loss on the labeled streams), ``transfer``
+(``λ·d``, λ = ``trade_off``; TLlib digits: 0.3); penalty ``balance``. Evaluation uses F1.
 """
 
 from __future__ import annotations
@@ -63,7 +62,13 @@ class MCDConfig(AdaptationConfig, ReversalConfig):
     )
 
     balance: bool = Field(
-        default=True, description="add TLlib's class-balance term on the target predictions as loss 'balance'"
+        default=True,
+        description="add TLlib's class-balance term on the target predictions (penalty 'balance')",
+    )
+    balance_weight: float = Field(
+        default=0.01,
+        ge=0.0,
+        description="coefficient of the class-balance penalty (TLlib: 0.01; digits 0.03)",
     )
 
 
@@ -82,13 +87,33 @@ def class_balance(probabilities: Tensor) -> Tensor:
 class MCD(Adaptation):
     """Two classifiers maximize their target discrepancy, the features minimize it (Saito et al. 2018)."""
 
-    default_weights = {"transfer": 0.3, "balance": 0.01}  # TLlib: digits trade-off on d, default balance
     config: MCDConfig
+    transfer_losses = ("second_classifier", "transfer")
 
     def __init__(self, config: MCDConfig, model, streams):
         super().__init__(config, model, streams)
         self.modules["second_classifier"] = fresh_copy(model.heads[self.task])
-        self.transfer_losses = ("second_classifier", "transfer", *(("balance",) if config.balance else ()))
+        self.transfer_penalties = ("balance",) if config.balance else ()
+
+    def penalty_coefficient(self, name: str) -> str:
+        return "method.balance_weight"
+
+    def optimizer_sides(self) -> dict[str, list]:
+        classifiers = [
+            *self.model.heads[self.task].parameters(),
+            *self.modules["second_classifier"].parameters(),
+        ]
+        return {
+            "features": [p for p in self.model.shared_parameters() if p.requires_grad],
+            "classifiers": [p for p in classifiers if p.requires_grad],
+        }
+
+    def classifiers_turn(self) -> bool:
+        return self.step % (1 + self.config.generator_steps) == 0
+
+    def resting_sides(self) -> tuple[str, ...]:
+        alternating = self.config.schedule == "alternating"
+        return ("classifiers",) if alternating and not self.classifiers_turn() else ()
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
         coefficient = self.config.coefficient(self.step, self.total_steps)
@@ -101,14 +126,18 @@ class MCD(Adaptation):
         ]
         features, classifiers = scale_gradient(views.target.features, coefficient), 1.0
         if self.config.schedule == "alternating":
-            if self.step % (1 + self.config.generator_steps) == 0:  # the classifiers' turn: features fixed
+            if self.classifiers_turn():  # the classifiers' turn: features fixed
                 features = views.target.features.detach()
             else:  # the features' turn: the classifiers fixed
                 classifiers = 0.0
         p1 = torch.softmax(call_with_reversed_parameters(first, features, classifiers).float(), dim=1)
         p2 = torch.softmax(call_with_reversed_parameters(second, features, classifiers).float(), dim=1)
-        losses = {"second_classifier": sum(supervised), "transfer": classifier_discrepancy(p1, p2)}
+        losses = {
+            "second_classifier": sum(supervised),
+            "transfer": self.config.trade_off * classifier_discrepancy(p1, p2),
+        }
         if self.config.balance:
             second_target = torch.softmax(second(views.target.features).float(), dim=1)
-            losses["balance"] = class_balance(views.target.probabilities) + class_balance(second_target)
+            balance = class_balance(views.target.probabilities) + class_balance(second_target)
+            losses["balance"] = self.config.balance_weight * balance
         return losses

@@ -63,4 +63,4 @@ class MDD(Adaptation):
         source_adv, target_adv = adversary[: len(source.features)], adversary[len(source.features) :]
         source_agree = F.cross_entropy(source_adv, source.logits.detach().argmax(1))
         target_disagree = -log_probability_not(target_adv, target.logits.detach().argmax(1)).mean()
-        return {"transfer": self.config.margin * source_agree + target_disagree}
+        return {"transfer": self.config.trade_off * (self.config.margin * source_agree + target_disagree)}

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from crosstask.data.inputs import batch_size
 from crosstask.data.streams import Batch
 from crosstask.engine.method import StepOutput
 from crosstask.errors import ConfigError
@@ -129,11 +130,18 @@ class MixStyleMethod(Generalization):
                     "method.vectors: true for the per-sample variant over feature vectors (not in the paper)"
                 )
 
+    def on_fit_start(self, trainer) -> None:
+        self.hooks.attach()
+
+    def on_fit_end(self, trainer, status: str) -> None:
+        """The hooks go with the training: an exported or copied model carries none."""
+        self.hooks.remove()
+
     def objective(self, views: list[DomainView]) -> dict[str, Tensor]:
         return {"risk": self.risks(views).mean()}
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        sizes = [len(batch[d.name].x) for d in self.domains]
+        sizes = [batch_size(batch[d.name].x) for d in self.domains]
         device = batch[self.domains[0].name].x.device
         domain_ids = torch.repeat_interleave(
             torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)

@@ -10,8 +10,9 @@ risk on meta-test. The paper's Algorithm 1 / equation 3::
 
 Losses ``meta_train`` (``F(θ)``) and ``meta_test`` (``G(θ')``, evaluated with the adapted parameters through
 ``torch.func.functional_call``; its gradient flows back to θ through θ', including the second-order term
-``−α ∇²F ∇G`` unless ``first_order: true``, which treats ``∇F`` as a constant, as DomainBed does). β is the
-``static`` weighting's weight on ``meta_test`` (the paper's β = 1: the default weight). ``inner_lr`` is α;
+``−α ∇²F ∇G`` unless ``first_order: true``, which treats ``∇F`` as a constant, as DomainBed does). β is
+``method.beta``, multiplied into ``meta_test`` (the paper's β = 1). Both objectives reach the parameters
+through θ' as well as through the features, so a gradient weighting takes their Jacobian on the parameters. ``inner_lr`` is α;
 the default 5e-4 is the authors' PACS setting (equal to their learning rate). The split is drawn from a
 generator seeded by ``seed`` and the step, so a resumed run makes the same splits.
 """
@@ -35,6 +36,9 @@ class MLDGConfig(GeneralizationConfig):
     meta_test_domains: int = Field(default=1, ge=1, description="domains held out as meta-test in each step")
     first_order: bool = Field(default=False, description="drop the second-order term (∇F taken as constant)")
     seed: int = Field(default=0, description="seed of the per-step meta-train / meta-test splits")
+    beta: float = Field(
+        default=1.0, ge=0.0, description="β: the weight of the meta-test objective (paper: 1)"
+    )
 
 
 @METHODS.register("mldg", config=MLDGConfig)
@@ -78,7 +82,7 @@ class MLDG(Generalization):
             for n, p, g in zip(names, params, grads, strict=True)
         }
         meta_test = self.risks(self.adapted_views(batch, meta_test_domains, adapted)).mean()
-        return StepOutput({"meta_train": meta_train, "meta_test": meta_test})
+        return StepOutput({"meta_train": meta_train, "meta_test": self.config.beta * meta_test})
 
     def adapted_views(
         self, batch: dict[str, Batch], domains: list, adapted: dict[str, Tensor]

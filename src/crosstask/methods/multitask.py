@@ -2,7 +2,8 @@
 
 Single-input: one stream whose samples carry a label for every task (``(x, {task: y})``). Multi-input: one
 stream per task (each domain lists its ``tasks``). Both at once work too; a task labeled in several streams
-gets the mean of its losses there. The weighting (``static``: ``Σ αi·L_i``) balances the task losses.
+gets the mean of its losses there. The weighting (``static``: ``Σ αi·L_i``) balances the task losses; the
+representation handed to it is each stream's shared features (one tensor per stream with several).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ class MultiTask(Method):
             )
 
     @property
-    def loss_names(self) -> list[str]:
+    def objective_names(self) -> list[str]:
         return list(self.tasks)
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        pair_losses, shared = self.supervised_losses(batch, self.train_streams)
+        pair_losses, representation = self.supervised_losses(batch, self.train_streams)
         grouped: dict[str, list] = {}
         for (_stream, task), loss in pair_losses.items():
             grouped.setdefault(task, []).append(loss)
@@ -41,4 +42,4 @@ class MultiTask(Method):
             t: grouped[t][0] if len(grouped[t]) == 1 else sum(grouped[t]) / len(grouped[t])
             for t in self.tasks
         }
-        return StepOutput(losses, shared=shared)
+        return StepOutput(losses, representation=representation)

@@ -76,7 +76,7 @@ class PseudoLabel(Adaptation):
     def _pseudo(self, views: Views) -> tuple[Tensor, Tensor]:
         logits = views.target.logits
         loss, mask = confident_cross_entropy(logits, logits, self.config.threshold)
-        return self.config.ramp(self.progress) * loss, mask
+        return self.config.trade_off * self.config.ramp(self.progress) * loss, mask
 
     def transfer(self, views: Views) -> dict[str, Tensor]:
         return {"pseudo": self._pseudo(views)[0]}
@@ -84,5 +84,4 @@ class PseudoLabel(Adaptation):
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         views = self.views(batch)
         loss, mask = self._pseudo(views)
-        losses = {**self.supervised(views), "pseudo": loss}
-        return StepOutput(losses, logs={"confident": mask.mean()}, shared=views.features)
+        return self.step_output(views, {"pseudo": loss}, {"confident": mask.mean()})

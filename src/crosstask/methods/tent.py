@@ -10,13 +10,23 @@ target batches at the layer's momentum, so that evaluation, in eval mode, uses t
 paper predicts with the test batch's own statistics instead). LayerNorm, GroupNorm and affine InstanceNorm
 layers are adapted as well. The paper optimizes with Adam (lr 1e-3, batch 128) on CIFAR and SGD with momentum
 0.9 (lr 0.00025, batch 64) on ImageNet. Start from a trained model: ``model.init_from: <run dir>``.
+
+Test time, as in the paper: with ``test_time_steps: N`` (> 0) the evaluator adapts on each evaluation batch
+itself (:meth:`~crosstask.engine.method.Method.predictor`): BatchNorm layers normalize with the batch's own
+statistics, ``N`` SGD steps (``test_time_lr``) of entropy minimization update the affine parameters, the
+batch is predicted, and the model is put back as it was (episodic: the evaluation never changes the
+model, and every batch starts from the trained one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from crosstask.data.inputs import Inputs
 from crosstask.data.streams import Batch
 from crosstask.engine.method import StepOutput
 from crosstask.errors import ConfigError
@@ -46,7 +56,12 @@ def prediction_entropy(logits: Tensor) -> Tensor:
 
 
 class TentConfig(AdaptationConfig):
-    """TENT has no hyperparameters of its own: the optimizer (``optim``) and ``train.steps`` set the updates."""
+    """In training, the optimizer (``optim``) and ``train.steps`` set the updates; at test time, these keys."""
+
+    test_time_steps: int = Field(
+        default=0, ge=0, description="entropy steps on each evaluation batch before predicting it (0: off)"
+    )
+    test_time_lr: float = Field(default=1e-3, gt=0.0, description="SGD step size of the test-time updates")
 
 
 @METHODS.register("tent", config=TentConfig)
@@ -82,6 +97,49 @@ class Tent(Adaptation):
         return {"entropy": prediction_entropy(views.target.logits)}
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        # one plain forward pass: no shared representation needed, so any architecture works
-        logits = self.model(batch[self.target.name].x)[self.task]
-        return StepOutput({"entropy": prediction_entropy(logits)})
+        # one plain forward pass: any architecture works (the representation, when there is one, is handed on)
+        output = self.model.forward_all(batch[self.target.name].x)
+        return StepOutput(
+            {"entropy": prediction_entropy(output.outputs[self.task])}, representation=output.shared
+        )
+
+    def predictor(self) -> Callable[[Inputs], dict[str, Tensor]] | None:
+        if not self.config.test_time_steps:
+            return None
+        return self.adapt_and_predict
+
+    def adapt_and_predict(self, x: Inputs) -> dict[str, Tensor]:
+        """Episodic test-time adaptation on one batch: adapt, predict, restore (see the module docstring)."""
+        model, steps = self.model, self.config.test_time_steps
+        params = [p for p in self.affine]
+        saved_params = [p.detach().clone() for p in params]
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved_buffers = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in layers]
+        modes = [(m, m.training) for m in model.modules()]
+        was_required = [p.requires_grad for p in params]
+        try:
+            model.eval()
+            for layer in layers:
+                layer.train()  # the batch's own statistics
+            for p in params:
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    loss = prediction_entropy(model(x)[self.task])
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    with torch.no_grad():
+                        for p, g in zip(params, grads, strict=True):
+                            if g is not None:
+                                p.sub_(self.config.test_time_lr * g)
+            with torch.no_grad():
+                return model(x)
+        finally:
+            with torch.no_grad():
+                for p, value, required in zip(params, saved_params, was_required, strict=True):
+                    p.copy_(value)
+                    p.requires_grad_(required)
+                for layer, buffers in zip(layers, saved_buffers, strict=True):
+                    for name, value in buffers.items():
+                        getattr(layer, name).copy_(value)
+            for module, training in modes:
+                module.training = training

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from crosstask.data.inputs import item_shape
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, RunError
 from crosstask.models.architectures.base import Architecture
@@ -79,7 +80,7 @@ class MultiTaskModel(nn.Module):
         from crosstask.config import BottleneckConfig
 
         self.tasks = _tasks(tasks)
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_shape = _shape(input_shape)
         self.architecture_config = _component(architecture, ARCHITECTURES, "architecture")
         if isinstance(bottleneck, int):
             bottleneck = {"dim": bottleneck}
@@ -132,7 +133,7 @@ class MultiTaskModel(nn.Module):
         """Size lazily built layers (gates reading the input) with one dry forward pass, when the input shape
         is known, so that the model has all its parameters before optimizers and checkpoints see it."""
         lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters())
-        if lazy and self.input_shape is not None:
+        if lazy and isinstance(self.input_shape, tuple):
             was_training = self.training
             self.eval()
             with torch.no_grad():
@@ -213,7 +214,13 @@ class MultiTaskModel(nn.Module):
             "bottleneck": self.bottleneck_config.model_dump(mode="json") if self.bottleneck_config else None,
             "head": self.head_config.model_dump(mode="json"),
             "tasks": [t.model_dump(mode="json", exclude_none=True) for t in self.tasks],
-            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "input_shape": (
+                {k: list(v) for k, v in self.input_shape.items()}
+                if isinstance(self.input_shape, dict)
+                else list(self.input_shape)
+                if self.input_shape
+                else None
+            ),
             "lora": getattr(self, "lora_settings", None),
         }
 
@@ -300,8 +307,17 @@ class TransferModel(MultiTaskModel):
         super().__init__(backbone, tasks, **options)
 
 
-def infer_input_shape(dataset: torch.utils.data.Dataset) -> tuple[int, ...]:
-    """The shape of one input sample of ``dataset``."""
+def infer_input_shape(dataset: torch.utils.data.Dataset) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    """The shape of one input sample of ``dataset`` (a dict of shapes for dict inputs)."""
     sample = dataset[0]
     x = sample[0] if isinstance(sample, tuple | list) else sample
-    return tuple(torch.as_tensor(x).shape)
+    return item_shape(x)
+
+
+def _shape(shape: Any) -> tuple[int, ...] | dict[str, tuple[int, ...]] | None:
+    """An input shape as a tuple, or a dict of tuples for dict inputs (as saved in a spec: lists)."""
+    if shape is None:
+        return None
+    if isinstance(shape, Mapping):
+        return {str(k): tuple(int(d) for d in v) for k, v in shape.items()}
+    return tuple(int(d) for d in shape)

@@ -86,8 +86,10 @@ class MixStyle(nn.Module):
 class MixStyleHooks:
     """Applies a :class:`MixStyle` to the outputs of chosen modules through forward hooks.
 
-    The hooks act only inside :meth:`active` (the method's training step) and while the hooked module is in
-    training mode, so evaluation and any other use of the model are untouched.
+    The hooks exist between :meth:`attach` and :meth:`remove` (the method attaches them when training
+    starts and removes them when it ends, so a trained, copied or exported model carries none), and act only
+    between :meth:`activate` and :meth:`deactivate` (the method's training step) while the hooked module is
+    in training mode, so evaluation and any other use of the model are untouched.
     """
 
     def __init__(self, mixstyle: MixStyle, modules: dict[str, nn.Module]):
@@ -95,7 +97,11 @@ class MixStyleHooks:
         self.modules = modules
         self.domains: Tensor | None = None
         self.enabled = False
-        self.handles = [m.register_forward_hook(self._hook) for m in modules.values()]
+        self.handles: list = []
+
+    def attach(self) -> None:
+        if not self.handles:
+            self.handles = [m.register_forward_hook(self._hook) for m in self.modules.values()]
 
     def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
         if not (self.enabled and module.training and isinstance(output, Tensor)):
@@ -111,3 +117,4 @@ class MixStyleHooks:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []

@@ -32,13 +32,7 @@ from torch import Tensor
 
 from crosstask.errors import SolverError
 from crosstask.registry import WEIGHTINGS
-from crosstask.weighting.base import (
-    BalanceContext,
-    GradientWeightingConfig,
-    Weighting,
-    apply_direction,
-    per_loss_gradients,
-)
+from crosstask.weighting.base import BalanceContext, GradientWeighting, GradientWeightingConfig
 
 MIN_WEIGHT = 1e-6
 
@@ -53,7 +47,7 @@ class GradNormConfig(GradientWeightingConfig):
 
 
 @WEIGHTINGS.register("gradnorm", config=GradNormConfig)
-class GradNorm(Weighting):
+class GradNorm(GradientWeighting):
     """Learn loss weights that equalize the weighted gradient norms' training rates (Chen et al. 2018)."""
 
     needs_task_gradients = True
@@ -68,33 +62,28 @@ class GradNorm(Weighting):
         self.initial: Tensor | None = None  # L_i(first step)
         self._norms = torch.zeros(k)  # summed over the micro-batches of this step
         self._losses = torch.zeros(k)
+        self._applied = self.weights
 
-    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
-        values = self.stack(losses)
-        self.weights = self.weights.to(values.device)
-        applied = self.weights.clone()
-        weighted = [w * losses[n] for w, n in zip(applied, self.loss_names, strict=True)]
-        others = [p for p in context.other_parameters if p.requires_grad]
-        # the rows are the weighted gradients w_i·g_i: their sum is the training gradient of the shared part,
-        # the heads get Σ w_i ∇L_i on the way, and no second backward pass is needed
-        found = per_loss_gradients(weighted, context, self.config.on, others, self.name)
-        if found is None:  # nothing shared: no gradient norms to balance
-            torch.stack(weighted).sum().backward()
-            return self.named(applied)
-        rows, targets = found
-        apply_direction(rows.sum(dim=0), targets, context)
-        norms = rows.norm(dim=1).detach() / applied.to(rows.device).clamp_min(MIN_WEIGHT)
+    def prescale(self, context: BalanceContext) -> Tensor:
+        # the model trains on Σ w_i L_i: the engine multiplies the objectives by w, so the rows are w_i·g_i
+        self._applied = self.weights.clone()
+        return self._applied
+
+    def aggregate(self, grads: Tensor, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
+        applied = self._applied.to(grads.device)
+        norms = grads.norm(dim=1).detach() / applied.clamp_min(MIN_WEIGHT)
         if context.micro_step == 0:
             self._norms = torch.zeros_like(norms)
             self._losses = torch.zeros_like(norms)
         # the trainer divides the losses by accumulate: the sums are means over the micro-batches
-        self._norms = self._norms + norms.to(self._norms.device)
-        self._losses = self._losses + values.detach()
+        self._norms = self._norms + norms
+        self._losses = self._losses + losses.to(norms.device)
         if context.last_micro_step:
             self._update(self._norms, self._losses, context)
-        return self.named(applied)
+        return grads.sum(dim=0), torch.ones_like(applied)  # the engine reports ones × w
 
     def _update(self, norms: Tensor, losses: Tensor, context: BalanceContext) -> None:
+        self.weights = self.weights.to(norms.device)
         if self.initial is None:
             self.initial = losses.clone()
         self.initial = self.initial.to(losses.device)

@@ -91,18 +91,16 @@ class IMTL(GradientWeighting):
         if config.mode == "hybrid":
             self.params["log_scale"] = nn.Parameter(torch.zeros(len(self.loss_names)))
 
-    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
-        if self.config.mode == "gradient":
-            return super().backward(losses, context)
-        s = self.params["log_scale"]
-        scale = torch.exp(s.detach())
-        scaled = {n: losses[n] * scale[i].to(losses[n].dtype) for i, n in enumerate(self.loss_names)}
-        applied = super().backward(scaled, context)
+    def prescale(self, context: BalanceContext) -> Tensor | None:
+        # hybrid: IMTL-G on the scaled losses e^s·L (s held constant here)
+        return torch.exp(self.params["log_scale"].detach()) if self.config.mode == "hybrid" else None
+
+    def own_loss(self, losses: Tensor, context: BalanceContext) -> Tensor | None:
         # IMTL-L: s_i trained on e^{s_i}·L_i − s_i (L_i constant here); /accumulate like the losses
-        values = self.stack(losses).detach().to(s.device)
-        objective = (torch.exp(s) * values - s / context.accumulate).sum()
-        objective.backward(inputs=[s])
-        return {n: applied[n] * scale[i] for i, n in enumerate(self.loss_names)}
+        if self.config.mode != "hybrid":
+            return None
+        s = self.params["log_scale"]
+        return (torch.exp(s) * losses.to(s.device) - s / context.accumulate).sum()
 
     def aggregate(self, grads: Tensor, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
         try:

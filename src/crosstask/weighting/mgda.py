@@ -7,12 +7,18 @@ With ``on: representation`` this is **MGDA-UB**: the paper's upper bound, which 
 respect to the shared representation instead of the shared parameters (one backward pass through the
 encoder). ``normalize`` scales the gradients before solving, as in their code: ``l2`` by their norm,
 ``loss`` by the loss value, ``loss+`` by both; the weights found are then applied to the raw gradients.
+
+An objective whose gradient is exactly zero (no confident pseudo-label in a batch, a loss not yet switched
+on) would put the min-norm point at 0 and stop every other objective, although moving along the others
+leaves it unchanged to first order (a Pareto improvement). It gets weight 0 and the others are solved for
+among themselves; when every gradient is zero, so is the direction.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -46,6 +52,11 @@ class MGDA(GradientWeighting):
     config: MGDAConfig
 
     def aggregate(self, grads: Tensor, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
-        scale = normalization(grads, losses, self.config.normalize)
-        weights = min_norm_point(gram(grads / scale[:, None])).to(grads.device, grads.dtype)
+        active = (grads != 0).any(dim=1)
+        weights = torch.zeros(grads.shape[0], device=grads.device, dtype=grads.dtype)
+        if not bool(active.any()):
+            return grads.sum(0), weights
+        rows = grads[active]
+        scale = normalization(rows, losses[active], self.config.normalize)
+        weights[active] = min_norm_point(gram(rows / scale[:, None])).to(grads.device, grads.dtype)
         return weights @ grads, weights  # as in their code: normalization only shapes the weights

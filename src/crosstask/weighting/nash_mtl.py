@@ -24,7 +24,8 @@ nothing in the direction, and the others bargain among themselves.
 
 As in the paper's code: ``max_norm`` caps the norm of the direction (their ``clip_grad_norm_`` of the
 shared gradient after the backward pass; 0 disables it), and ``update_every`` recomputes the weights every
-N optimizer steps only, reusing the last ones in between with a single backward pass of ``Σ α_i L_i``.
+N optimizer steps only, reusing the last ones in between (the solve is skipped; the Jacobian is still taken,
+so the cap applies to the same direction a solved step would give).
 The logged weights are the coefficients actually applied (``α`` times the clipping factor). With gradient
 accumulation over A micro-batches (whose losses arrive divided by A), each micro-batch solves for the
 weights of its undivided losses and adds 1/A of its capped direction. One deviation,
@@ -42,14 +43,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from crosstask.errors import ConfigError, SolverError
+from crosstask.errors import SolverError
 from crosstask.registry import WEIGHTINGS
-from crosstask.weighting.base import (
-    BalanceContext,
-    GradientWeighting,
-    GradientWeightingConfig,
-    write_gradient,
-)
+from crosstask.weighting.base import BalanceContext, GradientWeighting, GradientWeightingConfig
 from crosstask.weighting.solvers import gram
 
 EPS = float(np.finfo(np.float64).eps)
@@ -203,61 +199,12 @@ class NashMTL(GradientWeighting):
         # with accumulation the rows are gradients of L_i / A: solve for the losses' own weights (the solution
         # is not linear in the losses) and let each micro-batch add 1/A of its capped direction
         a = context.accumulate
-        alpha = self.solve(gram(grads) * a**2, context)
-        self.alpha = alpha
-        weights = alpha.to(grads.device, grads.dtype)
+        if self.alpha is None or context.step % self.config.update_every == 0:
+            self.alpha = self.solve(gram(grads) * a**2, context)
+        weights = self.alpha.to(grads.device, grads.dtype)
         direction = weights @ grads
         factor = norm_cap(direction * a, self.config.max_norm)
         return direction * factor, weights * factor
-
-    def backward(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
-        if self.alpha is None or context.step % self.config.update_every == 0:
-            return super().backward(losses, context)
-        return self._reuse(losses, context)
-
-    def _reuse(self, losses: dict[str, Tensor], context: BalanceContext) -> dict[str, Tensor]:
-        """Between updates: one backward pass of ``Σ α_i L_i`` with the last ``α``, capped like a solved step."""
-        assert self.alpha is not None
-        values = torch.stack([losses[n] for n in self.loss_names])
-        if self.config.on == "representation":
-            if context.shared is None:
-                raise ConfigError(
-                    f"weighting '{self.name}' with on: representation needs the shared representation, which "
-                    "this step does not have: use on: parameters"
-                )
-            targets = [context.shared]
-        else:
-            targets = [p for p in context.shared_parameters if p.requires_grad]
-            if not targets:
-                values.sum().backward()
-                return self.named(torch.ones_like(values))
-        alpha = self.alpha.to(values.device, torch.float32)
-        weighted = (alpha * values.float()).sum()
-        pieces = torch.autograd.grad(
-            weighted, targets, retain_graph=True, allow_unused=True, materialize_grads=True
-        )
-        direction = torch.cat([g.reshape(-1) for g in pieces])
-        factor = norm_cap(direction * context.accumulate, self.config.max_norm)
-        direction = direction * factor
-        if not bool(torch.isfinite(direction).all()):
-            raise SolverError(
-                f"weighting '{self.name}' produced a non-finite direction at step {context.step + 1} "
-                f"(losses {values.detach().tolist()}); check the losses, or lower the learning rate"
-            )
-        others = [p for p in context.other_parameters if p.requires_grad]
-        if others:
-            torch.autograd.backward(values.sum(), inputs=others, retain_graph=True)
-        if self.config.on == "representation":
-            shared = context.shared
-            assert shared is not None
-            torch.autograd.backward(
-                shared,
-                direction.view_as(shared).to(shared.dtype),
-                inputs=[p for p in context.shared_parameters if p.requires_grad],
-            )
-        else:
-            write_gradient(targets, direction)
-        return self.named(alpha * factor)
 
     def extra_state(self) -> dict[str, Any]:
         return {"alpha": self.alpha.clone() if self.alpha is not None else None}

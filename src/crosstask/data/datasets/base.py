@@ -60,12 +60,27 @@ class DatasetConfig(ComponentConfig):
 class ArrayDataset(Dataset):
     """Samples held in memory as tensors: ``x`` of shape (n, ...), labels a tensor or a dict of tensors.
 
+    ``x`` may also be a dict of tensors sharing the first dimension (token ids and an attention mask,
+    several modalities): a sample's input is then a dict as well.
+
     Besides ``__getitem__`` it offers ``gather(index)``, which the streams use to take a whole batch with
     one indexing operation instead of collating samples one by one.
     """
 
-    def __init__(self, x: Tensor, y: Labels = None, **info: Any):
-        lengths = {len(x)} | (
+    def __init__(self, x: Tensor | Mapping[str, Tensor], y: Labels = None, **info: Any):
+        if isinstance(x, Mapping):
+            if not x:
+                raise DataError("ArrayDataset: the dict of inputs is empty; give at least one input tensor")
+            x = {str(k): v for k, v in x.items()}
+            sizes = {k: len(v) for k, v in x.items()}
+            if len(set(sizes.values())) != 1:
+                shown = ", ".join(f"{k}: {n}" for k, n in sizes.items())
+                raise DataError(
+                    f"ArrayDataset: the input tensors have different lengths ({shown}); every input needs "
+                    "one row per sample"
+                )
+        n = _length(x)
+        lengths = {n} | (
             {len(v) for v in y.values()} if isinstance(y, dict) else {len(y)} if y is not None else set()
         )
         if len(lengths) != 1:
@@ -75,17 +90,18 @@ class ArrayDataset(Dataset):
         self.info = info
 
     def __len__(self) -> int:
-        return len(self.x)
+        return _length(self.x)
 
     def __getitem__(self, index: int) -> Any:
         return self.gather(index)
 
     def gather(self, index: Any) -> Any:
+        x = {k: v[index] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[index]
         if self.y is None:
-            return self.x[index]
+            return x
         if isinstance(self.y, dict):
-            return self.x[index], {k: v[index] for k, v in self.y.items()}
-        return self.x[index], self.y[index]
+            return x, {k: v[index] for k, v in self.y.items()}
+        return x, self.y[index]
 
     def subset(self, index: Tensor) -> ArrayDataset:
         y = (
@@ -95,11 +111,16 @@ class ArrayDataset(Dataset):
             if self.y is None
             else self.y[index]
         )
-        return ArrayDataset(self.x[index], y, **self.info)
+        x = {k: v[index] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[index]
+        return ArrayDataset(x, y, **self.info)
 
     @property
     def targets(self) -> Labels:
         return self.y
+
+
+def _length(x: Tensor | Mapping[str, Tensor]) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
 
 
 # ----------------------------------------------------------------------------- data root

@@ -26,6 +26,7 @@ import gzip
 import logging
 import math
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,43 @@ def parse_numbers(values: Sequence[str], na: frozenset[str]) -> tuple[np.ndarray
     raise AssertionError("unreachable: a value failed to parse but none fails alone")
 
 
+def _report_categorical(column: str, values: list[str], bad: int, rows: _Rows, na: frozenset[str]) -> None:
+    """Say that an undeclared column was one-hot encoded because of a value that is not a number: a warning
+    when the column also holds numbers (a typo or an unlisted missing marker makes a numeric column
+    categorical), a note when it holds text only."""
+    counts = Counter(v for v in values if v not in na)
+    numbers = sum(count for value, count in counts.items() if _is_number(value))
+    where = rows.where(bad, column)
+    if numbers:
+        logger.warning(
+            "tabular: column '%s' holds numbers but also '%s' (%s; %d of %d values are not numbers), so it was "
+            "treated as categorical (%d categories); if it is numeric, fix those values or add them to "
+            "na_values: (and list the column under numeric:), else list it under categorical:",
+            column,
+            values[bad],
+            where,
+            sum(counts.values()) - numbers,
+            sum(counts.values()),
+            len(counts),
+        )
+    else:
+        logger.info(
+            "tabular: column '%s' treated as categorical ('%s' at %s is not a number; %d categories)",
+            column,
+            values[bad],
+            where,
+            len(counts),
+        )
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _numeric_feature(
     column: str, numbers: np.ndarray, train: np.ndarray, rows: _Rows, normalize: bool
 ) -> tuple[np.ndarray, list[str]]:
@@ -517,6 +555,8 @@ def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
                     f"{rows.where(bad, column)}: '{values[bad]}' is not a number; list the column under "
                     "categorical: or fix the value (or add it to na_values: if it means missing)"
                 )
+            if numbers is None:
+                _report_categorical(column, values, bad, rows, na)  # type: ignore[arg-type]
         block, block_names = (
             _numeric_feature(column, numbers, train, rows, config.normalize)
             if numbers is not None
@@ -532,6 +572,17 @@ def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
         kinds[name] = "regression" if label_classes is None else "classification"
         if label_classes is not None:
             classes[name] = label_classes
+            seen = np.unique(labels[name][train])
+            seen = seen[seen >= 0]
+            if seen.size == 1:
+                logger.warning(
+                    "tabular: %s: labels.%s: every training row holds the class %r (column '%s'), so a "
+                    "classifier learns to predict that class only; check the column, positive: and the split",
+                    main.path.name,
+                    name,
+                    label_classes[int(seen[0])],
+                    spec.column,
+                )
 
     info = {"feature_names": names, "classes": classes, "label_kinds": kinds}
     keep = ["train", "test"] + (["val"] if config.val_fraction > 0 else [])

@@ -6,7 +6,8 @@ A backbone family is one file in this folder::
     def build_mlp(config: MLPConfig, input_shape: tuple[int, ...] | None) -> Backbone: ...
 
 ``input_shape`` is the shape of one sample (``(1, 28, 28)``, ``(40,)``); backbones that need it raise a
-clear error when it is unknown.
+clear error when it is unknown. ``Backbone.validate_input(shape)`` says, before training, whether a built
+backbone takes samples of another shape (an evaluation set, a second stream).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 from pydantic import Field
@@ -25,6 +26,8 @@ from crosstask.errors import ConfigError, DataError, suggest
 from crosstask.registry import BACKBONES, ComponentConfig
 
 log = logging.getLogger(__name__)
+
+SampleShape = Union[tuple[int, ...], Mapping[str, tuple[int, ...]]]  # noqa: UP007 (a runtime alias)
 
 
 class BackboneConfig(ComponentConfig):
@@ -46,6 +49,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)
+
+    def validate_input(self, shape: SampleShape) -> None:
+        """Raise :class:`DataError` when this backbone cannot take samples of ``shape``.
+
+        ``shape`` is one sample's shape without the batch dimension: a tuple, or a mapping of tuples for
+        dict inputs. Called for every training stream and evaluation set before the first step. The default
+        accepts every shape (a custom module: the caller checks it with a dry forward pass).
+        """
 
     def stages(self) -> list[nn.Module]:
         """Modules that, applied in turn, compute ``forward_features``: the points where architectures such
@@ -118,7 +129,8 @@ class ModuleBackbone(Backbone):
 
 
 def build_backbone(
-    config: BackboneConfig | Mapping[str, Any] | str, input_shape: Sequence[int] | None = None
+    config: BackboneConfig | Mapping[str, Any] | str,
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
 ) -> Backbone:
     """Build a registered backbone and load its pretrained weights if the config names any."""
     if not isinstance(config, ComponentConfig):
@@ -126,7 +138,11 @@ def build_backbone(
 
         config = validate_component(component(BACKBONES), config, "backbone")
     entry = BACKBONES.get(config.name)
-    backbone = entry.obj(config, tuple(input_shape) if input_shape is not None else None)
+    if isinstance(input_shape, Mapping):
+        shape: Any = {str(k): tuple(int(d) for d in v) for k, v in input_shape.items()}
+    else:
+        shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    backbone = entry.obj(config, shape)
     if config.weights:
         backbone.load_pretrained(config.weights)
     return backbone
@@ -139,9 +155,31 @@ def require_shape(input_shape: tuple[int, ...] | None, name: str, rank: int | No
             f"backbone '{name}' needs the shape of one input sample: pass input_shape=(...) to the model, "
             "e.g. input_shape=dataset[0][0].shape (crosstask run infers it from the data)"
         )
+    if isinstance(input_shape, Mapping):
+        raise ConfigError(
+            f"backbone '{name}' takes one tensor per sample, but the inputs are a dict "
+            f"{describe_shape(input_shape)}; use your own nn.Module whose forward takes the dict as the backbone"
+        )
     if rank is not None and len(input_shape) != rank:
         raise ConfigError(f"backbone '{name}' expects samples of rank {rank}, got shape {tuple(input_shape)}")
     return input_shape
+
+
+def describe_shape(shape: SampleShape) -> str:
+    """A sample shape for messages: ``(1, 28, 28)`` or ``{input_ids: (64,), attention_mask: (64,)}``."""
+    if isinstance(shape, Mapping):
+        return "{" + ", ".join(f"{k}: {tuple(v)}" for k, v in shape.items()) + "}"
+    return str(tuple(shape))
+
+
+def tensor_shape(shape: SampleShape, name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple; a :class:`DataError` for dict inputs, which backbone ``name`` cannot take."""
+    if isinstance(shape, Mapping):
+        raise DataError(
+            f"backbone '{name}' takes one tensor per sample, but the data gives a dict of inputs "
+            f"{describe_shape(shape)}; use a backbone (your own nn.Module) whose forward takes the dict"
+        )
+    return tuple(int(d) for d in shape)
 
 
 def read_state_file(path: str | os.PathLike) -> dict[str, Tensor]:

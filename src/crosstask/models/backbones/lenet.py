@@ -14,8 +14,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.errors import ConfigError
-from crosstask.models.backbones.base import Backbone, BackboneConfig, require_shape
+from crosstask.errors import ConfigError, DataError
+from crosstask.models.backbones.base import (
+    Backbone,
+    BackboneConfig,
+    SampleShape,
+    describe_shape,
+    require_shape,
+    tensor_shape,
+)
 from crosstask.registry import BACKBONES
 
 
@@ -42,6 +49,7 @@ class LeNet(Backbone):
         fc_dropout: float | None = None,
     ):
         super().__init__()
+        self.input_shape = (in_channels, height, width)
         c1, c2 = channels
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, c1, 5), nn.MaxPool2d(2), nn.ReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU())
@@ -55,6 +63,17 @@ class LeNet(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.fc(self.conv2(self.conv1(x)))
+
+    def validate_input(self, shape: SampleShape) -> None:
+        """Samples must be images of the shape LeNet was built for (its fully connected layer is sized by it)."""
+        given = tensor_shape(shape, "lenet")
+        if given != self.input_shape:
+            c, h, w = self.input_shape
+            raise DataError(
+                f"backbone 'lenet' was built for images of shape {self.input_shape} ({c} channel(s), {h}x{w}) "
+                f"but got samples of shape {describe_shape(given)}; give every training stream and evaluation "
+                f"set the same channels and size (dataset keys such as size: {h})"
+            )
 
     def stages(self) -> list[nn.Module]:
         return [self.conv1, self.conv2, self.fc]

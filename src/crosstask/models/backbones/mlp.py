@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.models.backbones.base import Backbone, BackboneConfig, require_shape
+from crosstask.errors import DataError
+from crosstask.models.backbones.base import (
+    Backbone,
+    BackboneConfig,
+    SampleShape,
+    describe_shape,
+    require_shape,
+    tensor_shape,
+)
 from crosstask.registry import BACKBONES
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -33,9 +41,11 @@ class MLP(Backbone):
         activation: str = "relu",
         batch_norm: bool = False,
         dropout: float = 0.0,
+        input_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
-        width = in_features
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        width = self.in_features = in_features
         for i, out in enumerate(hidden):
             block = [nn.Linear(width, out)]
             block += [nn.BatchNorm1d(out)] if batch_norm else []
@@ -51,6 +61,21 @@ class MLP(Backbone):
             x = layer(x)
         return x
 
+    def validate_input(self, shape: SampleShape) -> None:
+        """Samples must have the shape the MLP was built for (or, built without one, as many elements)."""
+        given = tensor_shape(shape, "mlp")
+        if self.input_shape is not None:
+            ok = given == self.input_shape
+            expected = f"samples of shape {self.input_shape}"
+        else:
+            ok = math.prod(given) == self.in_features
+            expected = f"samples of {self.in_features} elements"
+        if not ok:
+            raise DataError(
+                f"backbone 'mlp' was built for {expected} but got samples of shape {describe_shape(given)}; "
+                "give every training stream and evaluation set the same input shape (resize or reshape the data)"
+            )
+
     def stages(self) -> list[nn.Module]:
         layers = list(self.children())
         if not layers:
@@ -62,4 +87,11 @@ class MLP(Backbone):
 def build_mlp(config: MLPConfig, input_shape: tuple[int, ...] | None) -> MLP:
     """Multi-layer perceptron over flattened inputs; layers layer1, layer2, ..."""
     shape = require_shape(input_shape, "mlp")
-    return MLP(math.prod(shape), config.hidden, config.activation, config.batch_norm, config.dropout)
+    return MLP(
+        math.prod(shape),
+        config.hidden,
+        config.activation,
+        config.batch_norm,
+        config.dropout,
+        input_shape=shape,
+    )
