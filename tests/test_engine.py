@@ -330,3 +330,104 @@ def test_float64_inputs_are_accepted(tmp_path: Path) -> None:
     model = ct.TransferModel("mlp", [ct.Task("label", num_classes=2)], input_shape=(5,))
     result = ct.fit(model, data=data, eval={"test": data}, steps=5, output_dir=tmp_path)
     assert result.summary["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- what a run leaves, whatever happens
+
+
+def test_a_run_that_completes_its_steps_is_completed_even_if_early_stopping_would_fire(
+    tmp_path: Path,
+) -> None:
+    """Early stopping firing at the very last evaluation used to report stopped_early for a complete run."""
+    stopping = {"metric": "source_test/t0/accuracy", "patience": 1, "min_delta": 1000.0}
+    config = tiny_config(
+        tmp_path, **{"train.steps": 40, "train.eval_every": 20, "train.early_stopping": stopping}
+    )
+    summary = ct.run(config).summary
+    assert summary["status"] == "completed" and summary["step"] == 40
+    early = ct.run({**config, "name": "early", "train": {**config["train"], "steps": 60}}).summary
+    assert early["status"] == "stopped_early" and early["step"] == 40
+
+
+def test_an_unexpected_error_in_training_leaves_a_failed_summary_with_the_message(tmp_path: Path) -> None:
+    from crosstask.engine.events import Callback
+
+    class Breaks(Callback):
+        def on_step_start(self, trainer) -> None:
+            if trainer.step == 3:
+                raise ZeroDivisionError("something inside broke")
+
+    with pytest.raises(ZeroDivisionError):
+        ct.run(tiny_config(tmp_path), callbacks=[Breaks()])
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "ZeroDivisionError: something inside broke" in summary["error"]
+
+
+def test_the_summary_records_the_code_revision_and_the_config_hash(tmp_path: Path) -> None:
+    from crosstask.provenance import config_hash
+
+    result = ct.run(tiny_config(tmp_path, **{"train.steps": 2}))
+    summary = result.summary
+    assert set(summary["revision"]) >= {"commit", "dirty"}
+    saved = __import__("yaml").safe_load((result.run_dir / "config.yaml").read_text())
+    assert summary["config_hash"] == config_hash(saved)
+
+
+def test_weighting_parameters_are_never_weight_decayed(tmp_path: Path) -> None:
+    from crosstask.engine.events import Callback
+
+    groups: dict[str, float] = {}
+
+    class Look(Callback):
+        def on_fit_start(self, trainer) -> None:
+            groups.update({g["name"]: g["weight_decay"] for g in trainer.optimizer.param_groups})
+
+    config = tiny_config(
+        tmp_path,
+        weighting={"name": "uncertainty"},
+        optim={"name": "sgd", "lr": 0.05, "weight_decay": 0.1},
+        **{"train.steps": 2},
+    )
+    ct.run(config, callbacks=[Look()])
+    assert groups["weighting"] == 0.0 and groups["backbone"] == 0.1
+
+
+def test_select_on_a_source_evaluation_while_a_target_stream_exists_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny_config(
+        tmp_path, method="dann", **{"train.steps": 2, "train.select": "source_test/t0/accuracy"}
+    )
+    config["tasks"] = [{"name": "t0", "num_classes": 2}]
+    config["data"]["train"]["target"] = {
+        "dataset": {"name": "synthetic", "n": 256, "n_test": 128, "dim": 8, "domain": 1, "shift": 0.5},
+        "labeled": False,
+    }
+    ct.run(config)
+    assert any(
+        "source_test" in r.getMessage() and "not the unlabeled target" in r.getMessage()
+        for r in caplog.records
+    )
+    caplog.clear()
+    ct.run({**config, "name": "target", "train": {**config["train"], "select": "target_test/t0/accuracy"}})
+    assert not any("not the unlabeled target" in r.getMessage() for r in caplog.records)
+
+
+def test_mixstyle_leaves_no_hook_on_the_trained_model(tmp_path: Path) -> None:
+    domains = {
+        f"d{i}": {"dataset": {"name": "synthetic", "n": 64, "dim": 8, "domain": i, "num_tasks": 1}}
+        for i in range(2)
+    }
+    config = tiny_config(tmp_path, method={"name": "mixstyle", "layers": ["layer1"], "vectors": True})
+    config["tasks"] = [{"name": "t0", "num_classes": 2}]
+    config["data"] = {"train": domains}
+    config["train"] = {"steps": 3, "batch_size": 16}
+    model = ct.run(config).model
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_seed_that_does_not_fit_64_bits_is_a_config_error_in_fit(tmp_path: Path) -> None:
+    model = ct.TransferModel("mlp", [ct.Task("y", num_classes=2)], input_shape=(3,))
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    with pytest.raises(ConfigError, match="64 bits"):
+        ct.fit(model, data=data, steps=1, seed=2**70, output_dir=tmp_path)

@@ -16,7 +16,7 @@ from torch import nn
 import crosstask as ct
 from crosstask.config import component, load_config, validate_component
 from crosstask.data.streams import Batch
-from crosstask.engine.checkpoint import load_checkpoint
+from crosstask.checkpoint import load_checkpoint
 from crosstask.engine.method import StreamSpec
 from crosstask.engine.optim import backbone_stages, parameter_groups
 from crosstask.errors import ConfigError, RunError
@@ -329,7 +329,7 @@ def test_gradual_unfreezing_follows_its_schedule_and_frozen_stages_never_move(tm
         "output_dir": tmp_path,
     }
     assert [
-        erm(mlp_model(), **{k: v for k, v in method.items() if k != "name"}).unfrozen_stages(s)
+        erm(mlp_model(), **{k: v for k, v in method.items() if k != "name"}).strategy.unfrozen_stages(s)
         for s in (0, 4, 5, 9, 10, 15, 99)
     ] == [0, 0, 1, 1, 2, 3, 3]
     before = [[p.detach().clone() for p in stage.parameters()] for stage in stages]
@@ -458,4 +458,4 @@ def test_lora_config_loads_once_the_model_key_is_wired() -> None:
     if "lora" not in ModelConfig.model_fields:
         pytest.skip("model.lora is not a config key yet (crosstask/config.py)")
     experiment = load_config(REPO / "configs" / "digits_finetune_lora.yaml")
-    assert experiment.method.finetune == "lora"
+    assert experiment.method.finetune.name == "lora"

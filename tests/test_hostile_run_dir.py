@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import crosstask as ct
-from crosstask.engine.checkpoint import (
+from crosstask.checkpoint import (
     checkpoint_step,
     load_checkpoint,
     remove_stale_temporaries,

@@ -146,7 +146,7 @@ def test_custom_module_backbone() -> None:
 
 
 def test_checkpoint_round_trip_and_transfer_to_new_tasks(tmp_path: Path) -> None:
-    from crosstask.engine.checkpoint import save_checkpoint
+    from crosstask.checkpoint import save_checkpoint
 
     model = ct.MultiTaskModel({"name": "mlp", "hidden": [8]}, [ct.Task("a", num_classes=2)], input_shape=(4,))
     path = tmp_path / "model.pt"

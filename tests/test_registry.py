@@ -20,6 +20,7 @@ FAMILIES = [
     "metric",
     "validator",
     "regularizer",
+    "finetune",
     "shallow",
 ]
 

@@ -22,8 +22,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crosstask.cli import print_table
 from crosstask.experiment import RunResult, run
+from crosstask.tables import print_table
 
 TARGET_SHIFT = {"rotate": 20.0, "noise": 0.1}
 LABELS_PER_CLASS = 5

@@ -34,6 +34,13 @@ class RunError(CrosstaskError):
     exit_code = 2
 
 
+class RunInterrupted(CrosstaskError):
+    """A stop signal (SIGINT/SIGTERM) ended a run before the work that depends on it (the next runs of a
+    leave-one-domain-out loop, the baselines); the interrupted run keeps its checkpoint for --resume."""
+
+    exit_code = 130
+
+
 class TrainingDiverged(CrosstaskError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
 

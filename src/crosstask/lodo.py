@@ -25,7 +25,7 @@ from typing import Any
 
 from crosstask.config import Experiment, apply_overrides, load_config, validate_config
 from crosstask.engine.logging import Progress
-from crosstask.errors import ConfigError, RunError
+from crosstask.errors import ConfigError, RunError, RunInterrupted
 
 HELDOUT = "heldout"  # the evaluation set name of the held-out domain in every run
 
@@ -134,6 +134,11 @@ def leave_one_domain_out(
     rows = []
     for domain in chosen:
         result = run(held_out_config(experiment, domain), progress=progress)
+        if result.summary.get("status") == "interrupted":
+            raise RunInterrupted(
+                f"interrupted while holding out '{domain}' ({result.run_dir}); the other domains were not run. "
+                "Continue that run with crosstask run --resume --run-dir, then run lodo again"
+            )
         if key not in result.metrics:
             raise RunError(
                 f"the run holding out '{domain}' ({result.run_dir}) ended without evaluating {key} "

@@ -34,28 +34,32 @@ class StrictModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _reject_unknown_keys(cls, data: Any, handler: Any) -> Any:
-        if not isinstance(data, dict):
-            return handler(data)
-        allowed = set(cls.model_fields)
-        unknown = [key for key in data if key not in allowed]
-        if not unknown:
-            return handler(data)
-        errors: list[dict[str, Any]] = []
-        try:
-            handler({k: v for k, v in data.items() if k in allowed})
-        except ValidationError as exc:
-            errors = [
-                {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e.get("input")}
-                for e in exc.errors(include_url=False)
-            ]
-        for key in unknown:
-            message = (
-                f"unknown key '{key}'.{suggest(key, allowed)} Allowed keys: {', '.join(sorted(allowed))}"
-            )
-            errors.append(
-                {"type": PydanticCustomError("unknown_key", message), "loc": (key,), "input": data[key]}
-            )
-        raise ValidationError.from_exception_data(cls.__name__, errors)
+        return reject_unknown_keys(cls, data, handler)
+
+
+def reject_unknown_keys(cls: type[BaseModel], data: Any, handler: Any) -> Any:
+    """Validate ``data`` with ``handler``, reporting unknown keys beside the other errors (a subclass that
+    rewrites its input first, an older form of its keys, calls this after the rewrite)."""
+    if not isinstance(data, dict):
+        return handler(data)
+    allowed = set(cls.model_fields)
+    unknown = [key for key in data if key not in allowed]
+    if not unknown:
+        return handler(data)
+    errors: list[dict[str, Any]] = []
+    try:
+        handler({k: v for k, v in data.items() if k in allowed})
+    except ValidationError as exc:
+        errors = [
+            {"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"], "input": e.get("input")}
+            for e in exc.errors(include_url=False)
+        ]
+    for key in unknown:
+        message = f"unknown key '{key}'.{suggest(key, allowed)} Allowed keys: {', '.join(sorted(allowed))}"
+        errors.append(
+            {"type": PydanticCustomError("unknown_key", message), "loc": (key,), "input": data[key]}
+        )
+    raise ValidationError.from_exception_data(cls.__name__, errors)
 
 
 class ComponentConfig(StrictModel):
@@ -165,6 +169,11 @@ METHODS = Registry("method", "what a training step computes: named losses", ("cr
 WEIGHTINGS = Registry("weighting", "how named losses become one gradient", ("crosstask.weighting",))
 REGULARIZERS = Registry(
     "regularizer", "fine-tuning penalties toward the pretrained starting point (erm)", ("crosstask.finetune",)
+)
+FINETUNE = Registry(
+    "finetune",
+    "fine-tuning strategies of erm (method.finetune): which parameters train, and when",
+    ("crosstask.finetune.strategies",),
 )
 VALIDATORS = Registry("validator", "model selection without target labels", ("crosstask.validators",))
 SHALLOW = Registry(

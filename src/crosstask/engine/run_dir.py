@@ -6,10 +6,10 @@ import json
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
+from crosstask.checkpoint import open_temporary, remove_stale_temporaries
 from crosstask.errors import ConfigError, RunError
 from crosstask.registry import NAME_PATTERN
 
@@ -112,8 +112,6 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> None:
         """Delete temporary files left by a killed process (``checkpoints/.last.pt.*.tmp``, ...)."""
-        from crosstask.engine.checkpoint import remove_stale_temporaries
-
         for folder in (self.path, self.path / "checkpoints"):
             for removed in remove_stale_temporaries(folder):
                 log.info("removed %s, a temporary file left by an interrupted write", removed)
@@ -173,19 +171,6 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.path)
-
-
-def open_temporary(path: Path) -> tuple[int, Path]:
-    """A new file ``.<name>.<8 random characters>.tmp`` next to ``path``, opened for writing, for an atomic
-    write (then ``os.replace``). Unlike ``tempfile.mkstemp`` it gets the usual permissions (0666 less the
-    umask), which the renamed file keeps. A killed writer's leftover is removed by ``remove_stale_temporaries``."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise RunError(f"cannot create a temporary file next to {path}")
 
 
 def _numbered(output_dir: Path, name: str) -> list[tuple[int, str]]:

@@ -16,24 +16,26 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from crosstask.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from crosstask.config import TrainConfig
 from crosstask.data.streams import Batch, MultiStream
-from crosstask.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from crosstask.engine.events import Callback
 from crosstask.engine.gradients import GradientEngine, StepGradients
 from crosstask.engine.logging import MetricsLog, Progress, log
 from crosstask.engine.method import Method
 from crosstask.engine.run_dir import RunDir
-from crosstask.errors import CrosstaskError, RunError, TrainingDiverged
-from crosstask.evaluation.evaluator import Evaluator
+from crosstask.errors import ConfigError, CrosstaskError, RunError, TrainingDiverged
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
-from crosstask.validators.base import Validation
 from crosstask.weighting.base import Weighting
+
+if TYPE_CHECKING:  # built by the experiment; the Trainer only calls them
+    from crosstask.evaluation.evaluator import Evaluator
+    from crosstask.validators.base import Validation
 
 ARCHITECTURE = "architecture"  # the penalty name of the model's own regularization (soft sharing)
 
@@ -231,15 +233,22 @@ class Trainer:
                 objectives = {n: v / accumulate for n, v in objectives.items()}
                 penalties = {n: v / accumulate for n, v in penalties.items()}
             keep = any(c.wants_gradients(self) for c in self.callbacks)
-            gradients = self.engine.backward(
-                objectives,
-                penalties,
-                output.representation,
-                step=self.step,
-                micro_step=micro_step,
-                accumulate=accumulate,
-                keep_jacobian=keep,
-            )
+            try:
+                gradients = self.engine.backward(
+                    objectives,
+                    penalties,
+                    output.representation,
+                    step=self.step,
+                    micro_step=micro_step,
+                    accumulate=accumulate,
+                    keep_jacobian=keep,
+                )
+            except NotImplementedError as exc:  # an operation without the derivative this step needs
+                raise ConfigError(
+                    f"method '{self.method.name}' cannot back-propagate through this model at step "
+                    f"{self.step + 1}: {str(exc).splitlines()[0]}. Methods that differentiate their own "
+                    "gradients (mldg) need second derivatives: set method.first_order: true"
+                ) from None
             produced = produced or bool(objectives) or bool(penalties)
             self._accumulate_logs(objectives, penalties, gradients, output.logs, accumulate)
             self._emit("on_after_gradients", gradients)

@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 from torch.utils.data import Dataset
 
+from crosstask.checkpoint import read_model_checkpoint
 from crosstask.config import (
     Experiment,
     TrainConfig,
     check_name,
+    check_seed,
     component,
     load_config,
     validate_component,
@@ -28,12 +30,11 @@ from crosstask.config import (
     validate_python,
 )
 from crosstask.data.domains import Domain
-from crosstask.engine.checkpoint import read_model_checkpoint
 from crosstask.engine.events import Callback
 from crosstask.engine.logging import Progress
 from crosstask.engine.run_dir import RunDir
 from crosstask.engine.trainer import Trainer
-from crosstask.errors import ConfigError, RunError
+from crosstask.errors import ConfigError, RunError, RunInterrupted
 from crosstask.evaluation.evaluator import Evaluator
 from crosstask.experiment.build import (
     build_domains,
@@ -197,18 +198,27 @@ def run(
         result = _train_experiment(
             experiment, model, train_domains, eval_domains, directory, resume, progress, callbacks, resolved
         )
+    if baselines and result.summary.get("status") == "interrupted":
+        raise RunInterrupted(
+            f"{directory} was interrupted; its single-task baselines were not trained. Resume it with --resume "
+            "(and --baselines)"
+        )
     if baselines:
         from crosstask.baselines import baseline_summary, single_task_config
 
-        result.baselines = {
-            task.name: run(
+        for task in experiment.tasks:
+            baseline = run(
                 single_task_config(experiment, task.name),
                 run_dir=directory.path / "baselines" / task.name,
                 resume=resume,
                 progress=progress,
             )
-            for task in experiment.tasks
-        }
+            if baseline.summary.get("status") == "interrupted":
+                raise RunInterrupted(
+                    f"the single-task baseline of '{task.name}' ({baseline.run_dir}) was interrupted; resume with "
+                    "--resume --baselines"
+                )
+            result.baselines[task.name] = baseline
         result.summary.update(baseline_summary(result.metrics, result.baselines))
         directory.write_json(directory.summary, result.summary)
     return result
@@ -368,6 +378,10 @@ def fit(
         "optim": validate_component(component(OPTIMIZERS), optim, "optim"),
         "scheduler": validate_component(component(SCHEDULERS), scheduler, "scheduler"),
     }
+    try:
+        check_seed(seed)
+    except ValueError as exc:
+        raise ConfigError(f"fit(seed={seed}): {exc}") from None
     seed_everything(seed)
     directory = RunDir.create(output_dir, name, resume=resume)
     resolved = {

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from crosstask.checkpoint import read_model_checkpoint
 from crosstask.config import Experiment, ModelConfig, TrainConfig, ValidationConfig
 from crosstask.data.datasets.base import load_dataset
 from crosstask.data.domains import Domain
 from crosstask.data.inputs import describe, item_shape, repeat
 from crosstask.data.streams import MultiStream, Stream
 from crosstask.data.tasks import Task
-from crosstask.engine.checkpoint import read_model_checkpoint
 from crosstask.engine.method import Method, StreamSpec
 from crosstask.engine.optim import parameter_groups
 from crosstask.engine.schedulers import build_scheduler

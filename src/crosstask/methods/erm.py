@@ -1,20 +1,11 @@
 """Empirical risk minimization on the labeled streams: source-only training and fine-tuning.
 
-One loss per labeled stream (``source``, ``target``, ...), so ``λ1·L_source + λ2·L_target`` is the
-``static`` weighting with ``weights: {source: λ1, target: λ2}``. Fine-tuning strategies (``finetune``):
-
-- ``full``: every parameter trains (combine with ``optim.backbone_lr_mult`` for discriminative learning
-  rates, and ``optim.layer_decay`` for a rate that shrinks stage by stage toward the input);
-- ``linear_probe``: the backbone is frozen (also its normalization statistics); only heads train;
-- ``partial``: the backbone is frozen from the input up to ``freeze_until`` (a layer name, see
-  ``crosstask list backbone``); the layers above it train;
-- ``gradual``: gradual unfreezing (Howard & Ruder 2018, "Universal Language Model Fine-tuning for Text
-  Classification", ACL): the first ``unfreeze_every`` steps train the new layers (heads, bottleneck) only,
-  then every ``unfreeze_every`` steps one more backbone stage trains, from the top (``Backbone.stages()``).
-  Frozen stages get no gradient, so the optimizer leaves them untouched (no weight decay, no momentum) and
-  they keep their normalization statistics; the state follows from the step, so a resume is exact;
-- ``lora``: only LoRA adapters (and the heads) train: the model must carry adapters
-  (:func:`crosstask.models.lora.apply_lora`, ``model.lora`` in a config).
+One objective per labeled stream (``source``, ``target``, ...), so ``λ1·L_source + λ2·L_target`` is the
+``static`` weighting with ``weights: {source: λ1, target: λ2}``. The fine-tuning strategy (``finetune``,
+registry ``finetune``: ``crosstask list finetune``) says which parameters train and when: ``full`` (the
+default), ``linear_probe``, ``{name: partial, freeze_until: <layer>}``, ``{name: gradual, unfreeze_every:
+<steps>}``, ``lora`` (:mod:`crosstask.finetune.strategies`). ``freeze_until`` and ``unfreeze_every`` given
+at the method level (the older form) still work.
 
 ``regularizers`` pull the model toward its starting point (the weights when training starts, after
 ``model.init_from``): ``l2sp``, ``delta``, ``bss``, ``lwf`` (:mod:`crosstask.finetune`). Each adds one
@@ -28,32 +19,27 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from crosstask.config import component
+from crosstask.components import component
 from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, StepOutput, labeled_losses, representation_of
-from crosstask.engine.optim import Stage, backbone_stages
 from crosstask.errors import ConfigError
 from crosstask.finetune.base import Regularizer, StreamForward, frozen_copy
-from crosstask.models.lora import has_lora
-from crosstask.registry import METHODS, REGULARIZERS, ComponentConfig
+from crosstask.finetune.strategies.base import Strategy
+from crosstask.registry import FINETUNE, METHODS, REGULARIZERS, ComponentConfig, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 
 
 class ERMConfig(ComponentConfig):
-    finetune: Literal["full", "linear_probe", "partial", "gradual", "lora"] = "full"
-    freeze_until: str | None = Field(
-        default=None, description="last frozen backbone layer (finetune: partial)"
-    )
-    unfreeze_every: int | None = Field(
-        default=None,
-        ge=1,
-        description="steps between unfreezing backbone stages, from the top (finetune: gradual)",
+    finetune: component(FINETUNE) = Field(
+        default="full",
+        validate_default=True,
+        description="which parameters train and when: full, linear_probe, partial, gradual, lora",
     )
     regularizers: list[component(REGULARIZERS)] = Field(
         default_factory=list,
@@ -61,20 +47,37 @@ class ERMConfig(ComponentConfig):
     )
     streams: list[str] | None = Field(default=None, description="labeled streams to train on (default: all)")
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any, handler: Any) -> Any:
+        return reject_unknown_keys(cls, strategy_keys_at_the_method_level(data), handler)
+
     @model_validator(mode="after")
     def _options(self) -> ERMConfig:
-        if self.finetune == "partial" and not self.freeze_until:
-            raise ValueError("finetune: partial needs freeze_until: <layer name>")
-        if self.freeze_until and self.finetune != "partial":
-            raise ValueError("freeze_until applies to finetune: partial only")
-        if self.finetune == "gradual" and not self.unfreeze_every:
-            raise ValueError("finetune: gradual needs unfreeze_every: <steps>")
-        if self.unfreeze_every and self.finetune != "gradual":
-            raise ValueError("unfreeze_every applies to finetune: gradual only")
         names = [r.name for r in self.regularizers]
         if len(set(names)) != len(names):
             raise ValueError(f"regularizers lists a name twice ({', '.join(names)}); give each one once")
         return self
+
+
+def strategy_keys_at_the_method_level(data: Any) -> Any:
+    """The older form: ``finetune: partial`` with ``freeze_until`` beside it (``gradual``: ``unfreeze_every``)
+    becomes ``finetune: {name: partial, freeze_until: ...}``."""
+    if not isinstance(data, dict) or not ({"freeze_until", "unfreeze_every"} & data.keys()):
+        return data
+    data = dict(data)
+    strategy = data.get("finetune", "full")
+    strategy = dict(strategy) if isinstance(strategy, dict) else {"name": strategy}
+    for key, owner in (("freeze_until", "partial"), ("unfreeze_every", "gradual")):
+        if key in data:
+            value = data.pop(key)
+            if value is None:
+                continue
+            if strategy.get("name") != owner:
+                raise ValueError(f"{key} applies to finetune: {owner} only")
+            strategy[key] = value
+    data["finetune"] = strategy
+    return data
 
 
 @METHODS.register("erm", config=ERMConfig)
@@ -107,8 +110,7 @@ class ERM(Method):
             r.name: entry(r, model, self.start if entry.needs_start else None)
             for r, entry in zip(config.regularizers, entries, strict=True)
         }
-        self.stages: list[Stage] = []  # finetune: gradual, input to output
-        self.unfrozen: int | None = None  # how many stages (from the top) train now
+        self.strategy: Strategy = FINETUNE.get(config.finetune.name).obj(config.finetune, model)
 
     @property
     def objective_names(self) -> list[str]:
@@ -125,61 +127,10 @@ class ERM(Method):
         trained = {task for spec in self.train_streams for task in spec.tasks}
         for regularizer in self.regularizers.values():
             regularizer.setup(trained)
-        finetune = self.config.finetune
-        if has_lora(self.model) != (finetune == "lora"):
-            raise ConfigError(
-                "method.finetune: lora needs a model with LoRA adapters (model.lora: {r: 8, alpha: 16}, or "
-                "crosstask.models.lora.apply_lora(model) before fit)"
-                if finetune == "lora"
-                else f"the model has LoRA adapters (model.lora), which train with method.finetune: lora, "
-                f"not '{finetune}'"
-            )
-        if finetune == "linear_probe":
-            self.model.freeze_backbone()
-            log.info("linear probe: backbone frozen")
-        elif finetune == "partial":
-            frozen = self.model.freeze_backbone(self.config.freeze_until)
-            log.info("partial fine-tuning: frozen %s", ", ".join(frozen))
-        elif finetune == "gradual":
-            # stages stay trainable until the first step: the optimizer, built next, must hold them all
-            self.stages = backbone_stages(self.model)
-            if not self.stages:
-                raise ConfigError("finetune: gradual needs a backbone with parameters to unfreeze")
-            for stage in self.stages:
-                for param in stage.parameters:
-                    param.requires_grad_(True)
-            log.info(
-                "gradual unfreezing: %d backbone stages, one more every %d steps from step %d",
-                len(self.stages),
-                self.config.unfreeze_every,
-                self.config.unfreeze_every,
-            )
-
-    def unfrozen_stages(self, step: int) -> int:
-        """How many backbone stages (counted from the top) train at ``step`` (finetune: gradual)."""
-        return min(len(self.stages), step // self.config.unfreeze_every)
-
-    def _unfreeze(self) -> None:
-        """Set which stages train at this step; frozen ones also stay in eval mode (an evaluation may have
-        switched them back to train mode)."""
-        count = self.unfrozen_stages(self.step)
-        if count != self.unfrozen:
-            if self.unfrozen is not None:
-                log.info("step %d: %d of %d backbone stages train", self.step, count, len(self.stages))
-            for i, stage in enumerate(self.stages):
-                trainable = i >= len(self.stages) - count
-                for param in stage.parameters:
-                    param.requires_grad_(trainable)
-                for module in stage.modules:
-                    module.train(trainable and self.model.training)
-            self.unfrozen = count
-        for stage in self.stages[: len(self.stages) - count]:
-            for module in stage.modules:
-                module.eval()
+        self.strategy.setup()
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        if self.stages:
-            self._unfreeze()
+        self.strategy.on_step_start(self.step)
         with ExitStack() as watching:
             for regularizer in self.regularizers.values():
                 watching.enter_context(regularizer.watch())

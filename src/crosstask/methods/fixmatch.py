@@ -26,6 +26,7 @@ from torch import Tensor
 
 from crosstask.data.streams import Batch
 from crosstask.engine.method import StepOutput
+from crosstask.errors import ConfigError
 from crosstask.methods.adaptation import Adaptation, AdaptationConfig, View, Views
 from crosstask.methods.pseudo_label import confident_cross_entropy
 from crosstask.modules.augment import Augment, AugmentConfig
@@ -57,8 +58,21 @@ class FixMatch(Adaptation):
         x = batch[name].x
         return self.augment.weak(x) if self.config.augment_source else x
 
+    def setup(self) -> None:
+        if isinstance(self.model.input_shape, dict):
+            raise self._no_dict_inputs()
+
+    def _no_dict_inputs(self) -> ConfigError:
+        return ConfigError(
+            "method 'fixmatch' makes weak and strong augmentations of image or vector tensors; this data gives "
+            "dict inputs (token ids, several modalities), which it cannot augment. Use a method without "
+            "augmentations (pseudo_label, mcc, dann, ...)"
+        )
+
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         target = batch[self.target.name].x
+        if not isinstance(target, Tensor):
+            raise self._no_dict_inputs()
         labeled = [s for s in (self.source, self.labeled_target) if s is not None]
         inputs = [self._labeled(batch, s.name) for s in labeled]
         inputs += [self.augment.weak(target), self.augment.strong(target)]

@@ -70,10 +70,9 @@ def _resolve(trunk: Trunk, layer: int | str) -> nn.Module:
     stages = trunk.stages()
     choices = f"layer names: {', '.join(names)}; or stage indices 0..{len(stages) - 1}"
     if isinstance(layer, str):
-        try:
-            return trunk.backbone.get_submodule(layer)
-        except AttributeError:
-            raise ConfigError(f"method.layers: the backbone has no layer '{layer}'; {choices}") from None
+        if layer not in names:
+            raise ConfigError(f"method.layers: the backbone has no layer '{layer}'; {choices}")
+        return trunk.backbone.layers_until(layer)[-1]
     if not -len(stages) <= layer < len(stages):
         raise ConfigError(f"method.layers: no stage {layer}; {choices}")
     stage = stages[layer]
@@ -142,7 +141,7 @@ class MixStyleMethod(Generalization):
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
         sizes = [batch_size(batch[d.name].x) for d in self.domains]
-        device = batch[self.domains[0].name].x.device
+        device = next(self.model.parameters()).device
         domain_ids = torch.repeat_interleave(
             torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
         )

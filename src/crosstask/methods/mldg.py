@@ -12,7 +12,9 @@ Losses ``meta_train`` (``F(θ)``) and ``meta_test`` (``G(θ')``, evaluated with 
 ``torch.func.functional_call``; its gradient flows back to θ through θ', including the second-order term
 ``−α ∇²F ∇G`` unless ``first_order: true``, which treats ``∇F`` as a constant, as DomainBed does). β is
 ``method.beta``, multiplied into ``meta_test`` (the paper's β = 1). Both objectives reach the parameters
-through θ' as well as through the features, so a gradient weighting takes their Jacobian on the parameters. ``inner_lr`` is α;
+through θ' as well as through the features, so a gradient weighting takes their Jacobian on the parameters.
+The second-order term needs operations whose derivatives are differentiable (not, e.g., ``EmbeddingBag``);
+the Trainer's error then says to set ``first_order: true``. ``inner_lr`` is α;
 the default 5e-4 is the authors' PACS setting (equal to their learning rate). The split is drawn from a
 generator seeded by ``seed`` and the step, so a resumed run makes the same splits.
 """

@@ -144,7 +144,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the adapter (settings and :func:`lora_state_dict`) to ``path``, atomically; returns the path."""
-    from crosstask.engine.checkpoint import save_checkpoint
+    from crosstask.checkpoint import save_checkpoint
 
     path = Path(path)
     save_checkpoint(

@@ -36,7 +36,7 @@ class ModelOutput:
 
 
 def _component(value: Any, registry: Any, where: str) -> ComponentConfig:
-    from crosstask.config import component, validate_component
+    from crosstask.components import component, validate_component
 
     return validate_component(component(registry), value, where)
 
@@ -258,7 +258,7 @@ class MultiTaskModel(nn.Module):
         With ``tasks``, heads of tasks with the same name and shape keep their weights and the others start
         fresh: the usual way to transfer a trained body to new tasks.
         """
-        from crosstask.engine.checkpoint import read_model_checkpoint
+        from crosstask.checkpoint import read_model_checkpoint
 
         spec, state = read_model_checkpoint(path)
         model = cls.from_spec(spec, tasks)

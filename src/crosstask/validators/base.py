@@ -17,7 +17,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from crosstask.data.domains import Domain
-from crosstask.data.streams import LabelReader, as_input, iterate_batches
+from crosstask.data.inputs import as_inputs, to_device
+from crosstask.data.streams import LabelReader, iterate_batches
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
 from crosstask.models.model import MultiTaskModel
@@ -115,7 +116,7 @@ class Validation:
         logits, features, labels = [], [], []
         for batch in iterate_batches(dataset, self.batch_size):
             x, y = (batch[0], batch[1]) if isinstance(batch, tuple | list) else (batch, None)
-            output = model.forward_all(as_input(x).to(self.device))
+            output = model.forward_all(to_device(as_inputs(x), self.device))
             if output.shared is None:
                 raise ConfigError(
                     "train.validation needs a model with one shared representation (model.architecture: "

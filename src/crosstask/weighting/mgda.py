@@ -2,7 +2,9 @@
 "Multi-Task Learning as Multi-Objective Optimization", NeurIPS).
 
 The direction is the min-norm point of the convex hull of the per-loss gradients, ``Σ w_i g_i`` with
-``w`` on the simplex minimizing ``‖Σ w_i g_i‖²`` (closed form for two losses, Frank-Wolfe otherwise).
+``w`` on the simplex minimizing ``‖Σ w_i g_i‖²`` (closed form for two losses; more: solved exactly as a
+non-negative least-squares problem, :func:`~crosstask.weighting.solvers.min_norm_point`, not by the
+paper's Frank-Wolfe iterations).
 With ``on: representation`` this is **MGDA-UB**: the paper's upper bound, which takes the gradients with
 respect to the shared representation instead of the shared parameters (one backward pass through the
 encoder). ``normalize`` scales the gradients before solving, as in their code: ``l2`` by their norm,

@@ -309,6 +309,6 @@ def load_dataset(
 
 def dataset_config(value: Mapping[str, Any] | str) -> DatasetConfig:
     """Validate ``{"name": ..., **params}`` (or a bare name) with the dataset family's config model."""
-    from crosstask.config import DatasetComponent, validate_component
+    from crosstask.components import component, validate_component
 
-    return validate_component(DatasetComponent, value)
+    return validate_component(component(DATASETS), value)

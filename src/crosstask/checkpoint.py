@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from crosstask.engine.run_dir import open_temporary
 from crosstask.errors import RunError
+
+
+def open_temporary(path: Path) -> tuple[int, Path]:
+    """A new file ``.<name>.<8 random characters>.tmp`` next to ``path``, opened for writing, for an atomic
+    write (then ``os.replace``). Unlike ``tempfile.mkstemp`` it gets the usual permissions (0666 less the
+    umask), which the renamed file keeps. A killed writer's leftover is removed by ``remove_stale_temporaries``."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise RunError(f"cannot create a temporary file next to {path}")
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
