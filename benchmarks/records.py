@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 OTHER_PROTOCOL = "published protocol's number, not this record's"
+SAME_FOR_EVERY_SEED = (
+    "the same value for every seed: deterministic, or the runs share an origin (check their code revisions and "
+    "config hashes)"
+)
 
 
 @dataclass
@@ -85,6 +89,10 @@ class Record:
         """
         value = statistics.fmean(values)
         std = statistics.stdev(values) if len(values) > 1 else None
+        if len(values) > 1 and len(set(values)) == 1 and value == value:
+            # three CDAN seeds once ended at exactly the same accuracy (results/cdan_note.md): say so
+            same = SAME_FOR_EVERY_SEED
+            notes = f"{notes}; {same}" if notes else same
         published, source = published_number(benchmark, method, published_metric or metric, protocol)
         revisions, hashes = provenance_of(runs)
         return cls(

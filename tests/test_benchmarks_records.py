@@ -39,7 +39,10 @@ def test_another_protocol_keeps_the_number_only_as_the_published_protocols() -> 
     )
     assert record.published == 96.0
     assert record.published_source.startswith(OTHER_PROTOCOL)
-    assert "3000 of 50000 steps" in record.published_source and "Transfer-Learning-Library" in record.published_source
+    assert (
+        "3000 of 50000 steps" in record.published_source
+        and "Transfer-Learning-Library" in record.published_source
+    )
     table = markdown(payload([record]))
     assert "96.00 (other protocol)" in table and "CDAN+E" in table
 
@@ -120,3 +123,11 @@ def payload(rows: list[Record]) -> dict:
         "revision": {"commit": "c" * 40, "dirty": False},
         "records": [asdict(r) for r in rows],
     }
+
+
+def test_the_same_value_for_every_seed_is_pointed_out() -> None:
+    record = Record.measured("b", "m", "x", [93.0742] * 3, [0, 1, 2], True, "per seed ...")
+    assert record.std == 0.0 and records.SAME_FOR_EVERY_SEED in record.notes
+    assert record.notes.startswith("per seed ...")
+    assert Record.measured("b", "m", "x", [93.0742], [0], True).notes is None
+    assert Record.measured("b", "m", "x", [1.0, 2.0], [0, 1], True).notes is None

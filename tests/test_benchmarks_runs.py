@@ -170,7 +170,7 @@ def test_existing_runs_order(tmp_path: Path) -> None:
 
 
 def test_records_carry_the_runs_provenance(tmp_path: Path, revision: dict) -> None:
-    data, run_dir = first_run(tmp_path, revision)
+    data, _ = first_run(tmp_path, revision)
     provenances = []
     for seed in (0, 1):
         seeded = {**data, "seed": seed, "name": f"tiny_seed{seed}"}

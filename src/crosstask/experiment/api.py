@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch.utils.data import Dataset
 
@@ -30,6 +31,7 @@ from crosstask.config import (
     validate_python,
 )
 from crosstask.data.domains import Domain
+from crosstask.data.inputs import as_inputs
 from crosstask.engine.events import Callback
 from crosstask.engine.logging import Progress
 from crosstask.engine.run_dir import RunDir
@@ -46,10 +48,17 @@ from crosstask.experiment.build import (
     build_validation,
     build_weighting,
     check_inputs,
+    first_input,
     stream_specs,
     warn_selection,
 )
-from crosstask.experiment.runtime import deterministic_mode, resolve_device, seed_everything
+from crosstask.experiment.runtime import (
+    choose_threads,
+    deterministic_mode,
+    resolve_device,
+    seed_everything,
+    threads,
+)
 from crosstask.models.model import MultiTaskModel, infer_input_shape
 from crosstask.provenance import code_revision, config_hash
 from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
@@ -131,13 +140,28 @@ def train(
         callbacks=callbacks,
         provenance=provenance,
     )
-    with deterministic_mode(config.deterministic):
+    n_threads = config.threads
+    if n_threads is None and device.type == "cpu":
+        n_threads = choose_threads(
+            None, sum(p.numel() for p in model.parameters()), _batch_elements(train_domains, config)
+        )
+    with threads(n_threads or torch.get_num_threads()), deterministic_mode(config.deterministic):
         summary = trainer.fit(resume=resume)
     from crosstask.models.lora import has_lora, save_adapter
 
     if has_lora(model):  # the adapter alone: a few MB to ship beside the base weights
         save_adapter(model, run_dir.path / "adapter.pt")
     return RunResult(run_dir.path, summary, model)
+
+
+def _batch_elements(train_domains: Mapping[str, Domain], config: TrainConfig) -> int:
+    """Input elements of one training batch of the first stream (what the thread choice weighs)."""
+    domain = next(iter(train_domains.values()))
+    if len(domain.dataset) == 0:
+        return 0
+    x = as_inputs(first_input(domain.dataset))
+    numel = sum(v.numel() for v in x.values()) if isinstance(x, Mapping) else x.numel()
+    return (domain.batch_size or config.batch_size) * numel
 
 
 @contextmanager

@@ -1,0 +1,67 @@
+"""The suites' wiring, without training: protocol notes, published numbers, provenance of their runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from benchmarks import records
+from benchmarks.records import OTHER_PROTOCOL
+from benchmarks.runs import RunProvenance
+from benchmarks.suites import mnist_usps
+
+
+def fake_run(calls: list):
+    """Stands in for benchmarks.runs.run_experiment: a finished run's summary, no training."""
+
+    def run_experiment(experiment, overrides=(), *, reuse=False):
+        calls.append((experiment, reuse))
+        usps = {"usps_test/digit/accuracy": 90.0 + experiment["seed"], "mnist_test/digit/accuracy": 99.0}
+        summary = {
+            "best": {"value": 91.0 + experiment["seed"], "metrics": usps},
+            "final": usps,
+            "validators": {"entropy": {"metrics": usps}},
+        }
+        result = SimpleNamespace(summary=summary, run_dir=Path("runs") / experiment["name"])
+        revision = {"commit": "d" * 40, "dirty": False}
+        return result, RunProvenance(str(result.run_dir), revision, f"{experiment['seed']:016d}", False)
+
+    return run_experiment
+
+
+@pytest.fixture(autouse=True)
+def fixed_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "suite_revision", lambda: {"commit": "c" * 40, "dirty": False})
+
+
+def test_mnist_usps_shortened_cdan(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    monkeypatch.setattr(mnist_usps, "run_experiment", fake_run(calls))
+    options = {"seeds": [0, 1], "quick": False, "methods": ["cdan"], "steps": 3000, "reuse_runs": True}
+    out = mnist_usps.run(options)
+    assert [c[1] for c in calls] == [True, True]  # --reuse-runs reaches the runs
+    assert calls[0][0]["train"]["steps"] == 3000 and calls[1][0]["seed"] == 1
+    best = next(r for r in out if "best of" in r.metric)
+    assert (
+        best.protocol
+        == "3000 of 50000 steps, 10 evaluations (TLlib: 20); CDAN+E; TLlib's number is plain CDAN"
+    )
+    assert best.published == 96.0 and best.published_source.startswith(OTHER_PROTOCOL)
+    for record in out:
+        assert record.protocol == best.protocol
+        assert record.revisions == [{"commit": "d" * 40, "dirty": False}]
+        assert record.config_hashes == [f"{0:016d}", f"{1:016d}"]
+
+
+def test_mnist_usps_full_protocol_dann_keeps_the_published_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mnist_usps, "run_experiment", fake_run([]))
+    options = {"seeds": [0], "quick": False, "methods": ["dann"], "steps": None}
+    best = next(r for r in mnist_usps.run(options) if "best of" in r.metric)
+    assert best.protocol is None and best.published == 91.7
+    assert not best.published_source.startswith(OTHER_PROTOCOL)
+
+
+def test_mnist_usps_plain_cdan_has_no_protocol_note() -> None:
+    assert mnist_usps.protocol_notes("cdan", {"method": {"name": "cdan", "entropy": False}}) == []
+    assert mnist_usps.protocol_notes("cdan", {"method": {"name": "cdan", "entropy": True}}) != []
