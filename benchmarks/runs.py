@@ -129,6 +129,8 @@ def mismatches(run_dir: Path, current_revision: Mapping[str, Any], current_hash:
         reasons.append("the current code revision is unknown (no git checkout, or git did not answer)")
     elif current_revision.get("dirty") is not False:
         reasons.append(f"the code now is {_describe(current_revision)}: uncommitted code cannot be matched")
+    if len(summary.get("revisions") or []) > 1:
+        reasons.append("it was trained by several code revisions (resumed at another one)")
     recorded = recorded_config_hash(run_dir, summary)
     if recorded is None:
         reasons.append("its config hash is unknown (no config_hash in summary.json, no readable config.yaml)")

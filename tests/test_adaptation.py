@@ -141,13 +141,19 @@ def test_semi_supervised_adaptation_adds_the_target_loss(tmp_path: Path, name: s
 
 @pytest.mark.parametrize(
     "weighting",
-    [{"name": "static"}, {"name": "uncertainty"}, {"name": "dwa"}, {"name": "pcgrad", "on": "representation"}],
+    [
+        {"name": "static"},
+        {"name": "uncertainty"},
+        {"name": "dwa"},
+        {"name": "pcgrad", "on": "representation"},
+    ],
     ids=["static", "uncertainty", "dwa", "pcgrad"],
 )
 def test_the_papers_trade_offs_hold_under_every_weighting(tmp_path: Path, weighting: dict[str, Any]) -> None:
     """BSP's β, AFN's λ and MCD's balance weight are the methods' own coefficients: each penalty is logged,
     and applied, at that coefficient times its raw value, whatever the weighting; the weighting only sees
     the objectives."""
+
     def rows(method: dict[str, Any]) -> list[dict[str, Any]]:
         run = ct.run(da_config(tmp_path, method, weighting=weighting, name=method["name"]))
         lines = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -207,8 +207,12 @@ def test_weightings_on_the_representation_fall_back_to_the_parameters_without_on
     )
     result = ct.run(config)
     assert result.summary["status"] == "completed"
-    fell_back = [r for r in caplog.records if "per-objective gradients on the shared parameters" in r.getMessage()]
-    shares = any(True for _ in model.shared_parameters())  # soft sharing shares no parameter: nothing to balance
+    fell_back = [
+        r for r in caplog.records if "per-objective gradients on the shared parameters" in r.getMessage()
+    ]
+    shares = any(
+        True for _ in model.shared_parameters()
+    )  # soft sharing shares no parameter: nothing to balance
     assert bool(fell_back) == (shares and model.forward_all(torch.randn(2, 8)).shared is None)
 
 

@@ -431,3 +431,17 @@ def test_a_seed_that_does_not_fit_64_bits_is_a_config_error_in_fit(tmp_path: Pat
     data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
     with pytest.raises(ConfigError, match="64 bits"):
         ct.fit(model, data=data, steps=1, seed=2**70, output_dir=tmp_path)
+
+
+def test_a_run_resumed_at_another_code_revision_lists_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crosstask.experiment.api as api
+
+    config = tiny_config(tmp_path, **{"train.steps": 20, "train.eval_every": 10})
+    monkeypatch.setattr(api, "code_revision", lambda: {"commit": "a" * 40, "dirty": False})
+    ct.run({**config, "train": {**config["train"], "steps": 10}})
+    monkeypatch.setattr(api, "code_revision", lambda: {"commit": "b" * 40, "dirty": False})
+    summary = ct.run(config, resume=True).summary
+    assert summary["revision"]["commit"] == "b" * 40
+    assert [r["commit"] for r in summary["revisions"]] == ["a" * 40, "b" * 40]

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import crosstask as ct
+from crosstask.checkpoint import load_checkpoint
 from crosstask.config import component, load_config, validate_component
 from crosstask.data.streams import Batch
-from crosstask.checkpoint import load_checkpoint
 from crosstask.engine.method import StreamSpec
 from crosstask.engine.optim import backbone_stages, parameter_groups
 from crosstask.errors import ConfigError, RunError

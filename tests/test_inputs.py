@@ -123,7 +123,10 @@ def test_a_training_stream_of_another_input_size_names_the_stream(tmp_path: Path
         "data": {
             "train": {
                 "source": {"dataset": {"name": "synthetic", "n": 64, "dim": 8, "num_tasks": 1}},
-                "target": {"dataset": {"name": "synthetic", "n": 64, "dim": 6, "num_tasks": 1}, "labeled": False},
+                "target": {
+                    "dataset": {"name": "synthetic", "n": 64, "dim": 6, "num_tasks": 1},
+                    "labeled": False,
+                },
             }
         },
         "model": {"backbone": "mlp"},

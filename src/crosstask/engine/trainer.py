@@ -103,6 +103,8 @@ class Trainer:
         self.picked: dict[str, dict[str, Any]] = {}  # per validator: the evaluation it picks so far
         self.elapsed = 0.0
         self.fresh = True  # False once a checkpoint was loaded (a resume)
+        # every code revision that trained this run (a resume at another revision adds one)
+        self.revisions: list[Any] = [self.provenance["revision"]] if self.provenance.get("revision") else []
         extra = [ARCHITECTURE] if model.regularization() is not None else []
         self._names = [*self.objective_names, *self.penalty_names, *extra]
         self._loss_sum = torch.zeros(len(self._names), device=device)
@@ -447,6 +449,7 @@ class Trainer:
                     "weight_sum": {k: float(v) for k, v in self._weight_sum.items()},
                     "extra_sum": {k: float(v) for k, v in self._extra_sum.items()},
                     "logged_steps": self._logged_steps,
+                    "revisions": self.revisions,
                 },
             },
         )
@@ -481,6 +484,9 @@ class Trainer:
                 raise ValueError(f"{self._loss_sum.numel()} logged losses, this run has {len(self._names)}")
             self._weight_sum, self._logged_steps = dict(trainer["weight_sum"]), trainer["logged_steps"]
             self._extra_sum = dict(trainer.get("extra_sum", {}))
+            current = self.revisions
+            self.revisions = list(trainer.get("revisions", [None]))  # None: saved before revisions were kept
+            self.revisions += [r for r in current if r not in self.revisions]
             restore_rng(state["rng"])
             self.fresh = False
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -516,6 +522,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
             **self.provenance,
         }
+        if len(self.revisions) > 1:  # a resume at another revision: the run mixes code states
+            summary["revisions"] = self.revisions
         if self.picked:
             summary["validators"] = self.picked
         if error:
