@@ -81,6 +81,24 @@ def test_run_and_evaluate(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
 
 
+def test_evaluate_refuses_a_checkpoint_that_does_not_fit_and_data_of_another_shape(tmp_path: Path) -> None:
+    path = write(tmp_path, tiny_config(tmp_path))
+    assert run_cli("run", str(path), "train.steps=5", "-q").returncode == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    # evaluation data of another input shape: one message, exit 2
+    other = run_cli("evaluate", str(run_dir), "--checkpoint", "last", "data.eval.source_test.dataset.dim=5")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "source_test" in other.stderr and "(5,)" in other.stderr and "(8,)" in other.stderr
+    # a checkpoint whose weights do not fit its spec
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("weight"))
+    state["model"][key] = torch.zeros(3, 3)
+    torch.save(state, last)
+    broken = run_cli("evaluate", str(run_dir), "--checkpoint", "last")
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr and "do not fit" in broken.stderr
+
+
 def test_list_shows_families_and_components() -> None:
     listed = run_cli("list")
     assert listed.returncode == 0 and "weighting" in listed.stdout and "static" in listed.stdout

@@ -9,9 +9,10 @@ Setups, as in ``shared/ANCHORS.md``, synthetic data, batch 256:
 
 A step is forward + losses + the weighting's backward/aggregation + an SGD step (lr 0.01, momentum 0.9).
 crosstask's step is the Trainer's ``_train_step`` without data loading: the model (``MultiTaskModel``), the
-weighting object ``WEIGHTINGS.get(name).obj(config, loss_names)``, the optimizer and constant schedule built
-as ``crosstask.fit`` builds them, the task losses of the ``multitask`` method, the finiteness check, and a
-``BalanceContext`` with the Trainer's shared / other parameters and ``shared = model.forward_all(x).shared``.
+weighting object ``WEIGHTINGS.get(name).obj(config, objective_names)``, the optimizer and constant schedule
+built as ``crosstask.fit`` builds them, the task losses of the ``multitask`` method, the finiteness check, and
+the gradient engine's backward pass (``GradientEngine``, with the Trainer's shared / other parameters and the
+representation ``model.forward_all(x).shared``, checked on the graph at every step as in training).
 Gradient weightings are timed with ``on: parameters`` and ``on: representation`` where they support it.
 Every weighting registered when the suite runs is timed; one that fails is recorded as failed, with its error.
 
@@ -54,11 +55,11 @@ import crosstask.weighting
 from benchmarks.anchors import mtl as anchors
 from benchmarks.records import RESULTS, Record
 from crosstask.config import component, validate_component
+from crosstask.engine.gradients import GradientEngine
 from crosstask.engine.optim import build_optimizer
 from crosstask.engine.schedulers import build_scheduler
 from crosstask.evaluation.losses import task_loss
 from crosstask.registry import OPTIMIZERS, SCHEDULERS, WEIGHTINGS
-from crosstask.weighting.base import BalanceContext
 
 SEEDS = [0, 1, 2, 3, 4, 5, 6, 7, 8]  # one timing round per seed
 ROUNDS_40 = 7  # rounds of the 40-task setup (its slowest steps take about a second)
@@ -163,11 +164,14 @@ def crosstask_step(setup: Setup, name: str, on: str | None) -> Step:
         component(OPTIMIZERS), {"name": "sgd", "lr": LR, "momentum": MOMENTUM}, "optim"
     )
     optimizer = build_optimizer(optim, model, list(weighting.params.parameters()))
+    # (the weighting's own parameters share the optimizer's groups here; the Trainer keeps them in a
+    # group without weight decay, which costs nothing more)
     scheduler = build_scheduler(validate_component(component(SCHEDULERS), "constant"), optimizer, 10**9)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     excluded = {id(p) for p in shared} | {id(p) for p in weighting.params.parameters()}
     other = [p for p in params if id(p) not in excluded]
+    engine = GradientEngine(weighting, shared, other)
     tasks = {t.name: t for t in model.tasks}
     state: dict = {
         "step": 0,
@@ -185,15 +189,13 @@ def crosstask_step(setup: Setup, name: str, on: str | None) -> Step:
         values = torch.stack([losses[n].detach().float() for n in loss_names])
         if not bool(torch.isfinite(values).all()):
             raise RuntimeError(f"non-finite loss at step {state['step'] + 1}")
-        context = BalanceContext(state["step"], shared, output.shared, 0, 1, other)
-        weights = weighting.backward(losses, context)
+        penalty = model.regularization()
+        penalties = {"architecture": penalty} if penalty is not None else {}
+        weights = engine.backward(losses, penalties, output.shared, step=state["step"]).weights
         state["loss_sum"] += values
         for n in loss_names:
             w = weights[n]
             state["weights"][n] = state["weights"][n] + (w.detach() if isinstance(w, Tensor) else w)
-        penalty = model.regularization()
-        if penalty is not None:
-            penalty.backward()
         optimizer.step()
         scheduler.step()
         state["step"] += 1

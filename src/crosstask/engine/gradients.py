@@ -139,11 +139,12 @@ class GradientEngine:
         others = context.other_parameters if gradient_weighting else []
         if space == "representation" or (space == "parameters" and reason is None and pieces):
             rows = _rows_on_representation(losses, pieces, others)
-            jacobian = (
-                torch.cat([r.flatten(1) for r in rows], dim=1).float()
-                if space == "representation"
-                else _encoder_jacobian(pieces, shared, rows)
-            )
+            if space != "representation":
+                jacobian = _encoder_jacobian(pieces, shared, rows)
+            elif len(rows) == 1:  # one piece: a view, no copy of the (objectives × batch × features) rows
+                jacobian = rows[0].flatten(1).float()
+            else:
+                jacobian = torch.cat([r.flatten(1) for r in rows], dim=1).float()
         else:
             jacobian = _parameter_jacobian(losses, shared, others)
         record.space, record.jacobian, record.reason = space, jacobian, reason

@@ -35,16 +35,16 @@ class MGDAConfig(GradientWeightingConfig):
     )
 
 
-def normalization(grads: Tensor, losses: Tensor, kind: str) -> Tensor:
-    """Per-loss scale factors of the gradients."""
-    norms = grads.norm(dim=1).clamp_min(1e-12)
+def normalization(m: Tensor, losses: Tensor, kind: str) -> Tensor:
+    """Per-loss scale factors of the gradients whose Gram matrix is ``m`` (norms from its diagonal)."""
+    norms = m.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
     if kind == "l2":
         return norms
     if kind == "loss":
         return losses.clamp_min(1e-12)
     if kind == "loss+":
         return losses.clamp_min(1e-12) * norms
-    return grads.new_ones(grads.shape[0])
+    return torch.ones_like(norms)
 
 
 @WEIGHTINGS.register("mgda", config=MGDAConfig)
@@ -54,11 +54,12 @@ class MGDA(GradientWeighting):
     config: MGDAConfig
 
     def aggregate(self, grads: Tensor, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
-        active = (grads != 0).any(dim=1)
-        weights = torch.zeros(grads.shape[0], device=grads.device, dtype=grads.dtype)
-        if not bool(active.any()):
-            return grads.sum(0), weights
-        rows = grads[active]
-        scale = normalization(rows, losses[active], self.config.normalize)
-        weights[active] = min_norm_point(gram(rows / scale[:, None])).to(grads.device, grads.dtype)
+        m = gram(grads)  # everything below is K × K, on the host
+        active = (m.diagonal() > 0).nonzero().flatten()
+        weights = torch.zeros(m.shape[0], dtype=m.dtype)
+        if len(active):
+            sub = m[active][:, active]
+            scale = normalization(sub, losses.detach().double().cpu()[active], self.config.normalize)
+            weights[active] = min_norm_point(sub / (scale[:, None] * scale[None, :]))
+        weights = weights.to(grads.device, grads.dtype)
         return weights @ grads, weights  # as in their code: normalization only shapes the weights
