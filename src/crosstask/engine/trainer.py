@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -257,8 +258,7 @@ class Trainer:
         if produced:
             self._update()
         else:  # nothing to back-propagate (AdaBN: the forward pass is the update): the schedules still count
-            for scheduler in self.schedulers.values():
-                scheduler.step()
+            self._step_schedules(stepped=())
         self._logged_steps += 1
         self._emit("on_after_update")
 
@@ -308,8 +308,18 @@ class Trainer:
         for side, optimizer in self.optimizers.items():
             if side not in resting:
                 optimizer.step()
-        for scheduler in self.schedulers.values():
-            scheduler.step()
+        self._step_schedules(stepped=[side for side in self.optimizers if side not in resting])
+
+    def _step_schedules(self, stepped: Sequence[str]) -> None:
+        """Every schedule counts every step, so a side's rate follows the step whether it stepped or rested;
+        torch's warning about a schedule stepping before its optimizer is meant for another mistake."""
+        for side, scheduler in self.schedulers.items():
+            if side in stepped:
+                scheduler.step()
+                continue
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+                scheduler.step()
 
     def _diverged_message(self, step: int, what: str) -> str:
         kept = (
