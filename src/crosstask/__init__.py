@@ -24,16 +24,19 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "ArrayDataset": "crosstask.data.datasets.base",
+    "Callback": "crosstask.engine.events",
     "ConfigError": "crosstask.errors",
     "CrosstaskError": "crosstask.errors",
     "DataError": "crosstask.errors",
     "Domain": "crosstask.data.domains",
     "Evaluator": "crosstask.evaluation.evaluator",
     "Experiment": "crosstask.config",
+    "GradientEngine": "crosstask.engine.gradients",
     "LodoResult": "crosstask.lodo",
     "MultiTaskModel": "crosstask.models.model",
     "Registry": "crosstask.registry",
     "RunError": "crosstask.errors",
+    "RunInterrupted": "crosstask.errors",
     "RunResult": "crosstask.experiment",
     "RunSelection": "crosstask.validators.selection",
     "Task": "crosstask.data.tasks",
@@ -51,16 +54,19 @@ _EXPORTS = {
 
 __all__ = [
     "ArrayDataset",
+    "Callback",
     "ConfigError",
     "CrosstaskError",
     "DataError",
     "Domain",
     "Evaluator",
     "Experiment",
+    "GradientEngine",
     "LodoResult",
     "MultiTaskModel",
     "Registry",
     "RunError",
+    "RunInterrupted",
     "RunResult",
     "RunSelection",
     "Task",
@@ -95,7 +101,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from crosstask.data.datasets.base import ArrayDataset, load_dataset
     from crosstask.data.domains import Domain
     from crosstask.data.tasks import Task
-    from crosstask.errors import ConfigError, CrosstaskError, DataError, RunError, TrainingDiverged
+    from crosstask.engine.events import Callback
+    from crosstask.engine.gradients import GradientEngine
+    from crosstask.errors import (
+        ConfigError,
+        CrosstaskError,
+        DataError,
+        RunError,
+        RunInterrupted,
+        TrainingDiverged,
+    )
     from crosstask.evaluation.evaluator import Evaluator
     from crosstask.experiment import RunResult, evaluate_run, fit, run
     from crosstask.lodo import LodoResult, leave_one_domain_out
