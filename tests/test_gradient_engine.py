@@ -391,3 +391,87 @@ def test_tent_adapts_at_test_time_without_changing_the_model(tmp_path: Path) -> 
     assert all(
         torch.equal(a, b) for a, b in zip(state.values(), result.model.state_dict().values(), strict=True)
     )
+
+
+# ----------------------------------------------------------------------------- found in review
+
+
+def test_adabn_changes_no_weight_even_with_an_architecture_penalty(tmp_path: Path) -> None:
+    config = experiment("adabn", {"name": "static"}, tmp_path)
+    config["model"]["architecture"] = {"name": "soft_sharing"}
+    config["optim"] = {"name": "sgd", "lr": 0.1, "weight_decay": 0.1}
+    watch = BackboneAtStart()
+    result = ct.run(config, callbacks=[watch])
+    trained = dict(result.model.named_parameters())
+    assert all(torch.equal(p, trained[n]) for n, p in watch.start.items())
+
+
+def test_uncertainty_does_not_depend_on_accumulation() -> None:
+    """Two identical micro-batches of half the loss make the same gradient as one plain step, log-variances
+    included (the + s_i term is divided like the losses)."""
+    entry = WEIGHTINGS.get("uncertainty")
+    grads = []
+    for accumulate in (1, 2):
+        weighting = entry.obj(entry.config(name="uncertainty"), ["a", "b"])
+        w = torch.tensor([1.0, -2.0], requires_grad=True)
+        engine = GradientEngine(weighting, [w])
+        for micro in range(accumulate):
+            losses = {"a": (w**2).sum() / accumulate, "b": (w - 1).abs().sum() / accumulate}
+            engine.backward(losses, step=0, micro_step=micro, accumulate=accumulate)
+        grads.append((w.grad.clone(), weighting.params["log_var"].grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_parameters_no_optimizer_updates_are_not_balanced(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    class Look(Callback):
+        def on_fit_start(self, trainer) -> None:
+            seen.append(sum(p.numel() for p in trainer.engine.shared_parameters))
+            seen.append(sum(p.numel() for p in trainer.model.backbone_parameters()))
+
+    config = experiment("multitask", {"name": "mgda"}, tmp_path)
+    config["optim"] = {"name": "sgd", "lr": 0.05, "backbone_lr_mult": 0.0}
+    ct.run(config, callbacks=[Look()])
+    bottleneck = 16 * 8 + 8 + 8 + 8  # the shared layer after the backbone: still trained
+    assert seen[0] == bottleneck and seen[1] > 0
+
+
+def test_a_trade_off_under_a_scale_invariant_weighting_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = experiment("dann", {"name": "nash_mtl"}, tmp_path)
+    config["method"]["trade_off"] = 0.3
+    ct.run(config)
+    assert any("has no effect" in r.getMessage() for r in caplog.records)
+
+
+def test_db_mtl_starts_its_average_again_when_gradual_unfreezing_adds_parameters(tmp_path: Path) -> None:
+    config = experiment("erm", {"name": "db_mtl"}, tmp_path)
+    config["method"]["finetune"] = {"name": "gradual", "unfreeze_every": 1}
+    config["train"] = {"steps": 4, "batch_size": 16}
+    assert ct.run(config).summary["status"] == "completed"
+
+
+def test_a_failing_end_handler_does_not_hide_the_original_error(tmp_path: Path) -> None:
+    class Breaks(Callback):
+        def on_step_start(self, trainer) -> None:
+            raise KeyError("first")
+
+        def on_fit_end(self, trainer, status) -> None:
+            raise ValueError("second")
+
+    with pytest.raises(KeyError, match="first"):
+        ct.run(experiment("erm", {"name": "static"}, tmp_path), callbacks=[Breaks()])
+    summary = json.loads((tmp_path / "erm" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "first" in summary["error"]
+
+
+def test_a_config_saved_by_an_earlier_version_resumes_when_it_means_the_same() -> None:
+    from crosstask.experiment.api import _differences, _normalized
+
+    now = validate_config(experiment("erm", {"name": "static"}, Path("/tmp"))).model_dump(mode="json")
+    earlier = copy.deepcopy(now)
+    earlier["method"]["finetune"] = "full"  # the older form: a bare name
+    del earlier["method"]["regularizers"]  # a key added with its default since
+    assert _differences(_normalized(earlier), _normalized(now), ignore=set()) == []

@@ -198,6 +198,12 @@ class GradientEngine:
         record.weights = self.weighting.named(weights)
         if penalty is not None:
             total = total + penalty
+        if isinstance(
+            self.weighting, GradientWeighting
+        ):  # nothing shared to balance: its own loss still trains
+            own = self.weighting.own_loss(stacked.detach(), context)
+            if own is not None:
+                total = total + own
         if total.requires_grad:
             total.backward()
 
@@ -229,7 +235,13 @@ class GradientEngine:
                 f"weighting '{self.weighting.name}' works on the shared representation only, but {reason}; "
                 "choose a weighting that works on: parameters"
             )
-        if asked == "representation" and reason is not None and reason not in self._reported:
+        gradient_weighting = isinstance(self.weighting, GradientWeighting)
+        if (
+            gradient_weighting
+            and asked == "representation"
+            and reason is not None
+            and reason not in self._reported
+        ):
             self._reported.add(reason)
             log.warning(
                 "weighting '%s', on: representation: per-objective gradients on the shared parameters instead "

@@ -11,8 +11,10 @@ gradients and the Trainer does the rest::
         def training_step(self, batch): return StepOutput({"source": loss}, representation=z)
 
 A paper's trade-off on a method's own objective (DANN's λ, say) is a key of the method's config, multiplied
-into that objective before the weighting, so it holds under every weighting; the ``static`` weighting's
-weights then scale further, from 1. A method holds its own trainable parts (a domain discriminator, say) in
+into that objective before the weighting, so it holds under every weighting that responds to an objective's
+scale (a weighting that does not, Nash-MTL, balances it away by design and says so with a warning); the
+``static`` weighting's weights then scale further, from 1. Penalties' coefficients hold under every
+weighting. A method holds its own trainable parts (a domain discriminator, say) in
 ``self.modules``; they are optimized and checkpointed with the model. A method is a
 :class:`~crosstask.engine.events.Callback`: it acts on the Trainer's events (before the first step, at each
 step's start, ...) instead of through flags the Trainer would have to know about.

@@ -88,7 +88,8 @@ class Trainer:
         self.objective_names = list(method.objective_names)
         self.penalty_names = list(method.penalty_names)
         self.params = [p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]]
-        shared_params = [p for p in model.shared_parameters() if p.requires_grad]
+        optimized = {id(p) for p in self.params}  # (optim.backbone_lr_mult: 0 leaves the backbone out)
+        shared_params = [p for p in model.shared_parameters() if p.requires_grad and id(p) in optimized]
         excluded = {id(p) for p in shared_params} | {id(p) for p in weighting.params.parameters()}
         self.engine = GradientEngine(
             weighting, shared_params, [p for p in self.params if id(p) not in excluded]
@@ -198,12 +199,16 @@ class Trainer:
     def _end(
         self, status: str, final: dict[str, float] | None = None, error: str | None = None
     ) -> dict[str, Any]:
-        """The fit ends: tell the handlers, write the summary."""
+        """The fit ends: tell the handlers, write the summary. When the fit already failed, a handler's own
+        error is logged and the original one is the one raised."""
         try:
             self._emit("on_fit_end", status)
-        finally:
-            summary = self._write_summary(status, final or {}, error=error)
-        return summary
+        except Exception as exc:
+            if error is None:
+                self._write_summary("failed", final or {}, error=f"{type(exc).__name__}: {exc}")
+                raise
+            log.error("a handler of on_fit_end failed too (%s: %s)", type(exc).__name__, exc)
+        return self._write_summary(status, final or {}, error=error)
 
     def _train_step(self) -> None:
         accumulate = self.config.accumulate
@@ -217,7 +222,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 output = self.method.training_step(batch)
             objectives, penalties = dict(output.objectives), dict(output.penalties)
-            if micro_step == 0:  # the model's own regularization (soft sharing): once per optimizer step
+            if micro_step == 0 and (objectives or penalties):  # the model's own regularization (soft
+                # sharing), once per optimizer step; not for a step that trains nothing (AdaBN)
                 regularization = self.model.regularization()
                 if regularization is not None:
                     penalties[ARCHITECTURE] = regularization * accumulate
@@ -295,7 +301,7 @@ class Trainer:
     def _update(self) -> None:
         """The step's update from the accumulated gradients: clipping, the optimizers of the sides that step
         now, the schedules."""
-        resting = set(self.method.resting_sides())
+        resting = set(self.method.resting_sides()) & set(self.optimizers)
         if resting:
             for side in resting:
                 for group in self.optimizers[side].param_groups:
@@ -466,6 +472,12 @@ class Trainer:
 
     def _load(self, path: Any) -> None:
         state = load_checkpoint(path)
+        if state.get("format", 1) == 1 and self.method.name == "mcd":
+            raise RunError(
+                f"{path} was written before MCD's trade-off moved into its config (it was 0.3 by default then, "
+                "method.trade_off is 1.0 by default now, and the classifiers now have their own optimizer): "
+                "this run cannot be continued exactly; start a new run"
+            )
         try:
             self.model.load_state_dict(state["model"])
             optimizers = state.get("optimizers") or {"main": state["optimizer"]}  # format 1: one optimizer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,9 @@ def train(
     """
     device = resolve_device(config.device)
     model.to(device)
-    check_inputs(model, train_domains, eval_domains)
     method_obj = build_method(method, model, train_domains)
+    used = {name: d for name, d in train_domains.items() if name in method_obj.streams_used}
+    check_inputs(model, used, eval_domains)
     weighting_obj = build_weighting(weighting, method_obj)
     optimizers, schedulers = build_optimizers(
         optim, scheduler, model, method_obj, weighting_obj, config.steps
@@ -284,8 +285,8 @@ def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> N
     """Write config.yaml; on resume, refuse a config that differs from the saved one in what it trains
     (train.steps, name and output_dir may differ)."""
     if resume and directory.config.exists():
-        saved = yaml.safe_load(directory.config.read_text())
-        differences = _differences(saved, resolved, ignore={"train.steps", "name", "output_dir"})
+        saved = _normalized(yaml.safe_load(directory.config.read_text()))
+        differences = _differences(saved, _normalized(resolved), ignore={"train.steps", "name", "output_dir"})
         if differences:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
             raise RunError(
@@ -293,6 +294,28 @@ def _save_config(directory: RunDir, resolved: dict[str, Any], resume: bool) -> N
                 "Resume with the same config (train.steps may change), or start a new run without --resume."
             )
     directory.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def _normalized(config: Any) -> Any:
+    """A saved or resolved config in the current schema's form (defaults filled in, components as mappings),
+    so that a config written by an earlier version compares equal to the same config now. Parts the schema
+    does not accept are compared as they are."""
+    if not isinstance(config, dict):
+        return config
+    try:
+        return validate_config(config).model_dump(mode="json")
+    except ConfigError:
+        pass
+    out = dict(config)  # a ct.fit run: in-memory data, components and the train section
+    families = {"method": METHODS, "weighting": WEIGHTINGS, "optim": OPTIMIZERS, "scheduler": SCHEDULERS}
+    for key, registry in families.items():
+        if key in out:
+            with suppress(ConfigError):
+                out[key] = validate_component(component(registry), out[key], key).model_dump(mode="json")
+    if isinstance(out.get("train"), dict):
+        with suppress(ConfigError):
+            out["train"] = validate_python(TrainConfig, out["train"], "train").model_dump(mode="json")
+    return out
 
 
 def _differences(a: Any, b: Any, ignore: set[str], prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -147,6 +147,14 @@ def build_weighting(config: ComponentConfig, method: Method) -> Weighting:
                 f"balances the objectives: {', '.join(method.objective_names) or 'none'}"
             )
     weighting = WEIGHTINGS.get(config.name).obj(config, method.objective_names)
+    trade_off = getattr(method.config, "trade_off", 1.0)
+    if weighting.scale_invariant and trade_off != 1.0:
+        log.warning(
+            "weighting '%s' does not change its update when an objective is scaled: method.trade_off=%s has no "
+            "effect under it (it balances the objectives whatever their scale)",
+            weighting.name,
+            trade_off,
+        )
     weighting.params.to(next(method.model.parameters()).device)
     return weighting
 
@@ -167,7 +175,14 @@ def build_optimizers(
     if weighting_params:
         groups.append({"params": weighting_params, "lr": optim.lr, "name": "weighting", "weight_decay": 0.0})
     sides = method.optimizer_sides() or {}
-    owner = {id(p): side for side, params in sides.items() for p in params}
+    owner: dict[int, str] = {}
+    for side, params in sides.items():
+        for p in params:
+            if owner.setdefault(id(p), side) != side:
+                raise ConfigError(
+                    f"method '{method.name}' puts a parameter in two optimizer sides ({owner[id(p)]}, {side}); "
+                    "each parameter steps with one optimizer"
+                )
     split: dict[str, list[dict]] = {}
     for group in groups:
         for side in [*sides, "main"]:

@@ -229,7 +229,8 @@ class DELTA(Regularizer):
         if self.config.attention and self.channel_weights is None:
             raise RunError(
                 "delta: the channel attention was not computed; the Trainer does it before the first step "
-                "(Method.prepare). Training steps by hand: call method.prepare(draw) first, or set attention: false"
+                "(erm's on_fit_start). Training steps by hand: call method.regularizers['delta'].prepare(draw, "
+                "method.train_streams) first, or set attention: false"
             )
         weights = self.channel_weights or [None] * len(self.layers)
         distance = 0.0

@@ -61,7 +61,9 @@ def hooked_modules(model: nn.Module, layers: list[int | str]) -> dict[str, nn.Mo
     for t, trunk in enumerate(trunks):
         prefix = f"trunk{t}." if len(trunks) > 1 else ""
         for layer in layers:
-            found[f"{prefix}{layer}"] = _resolve(trunk, layer)
+            module = _resolve(trunk, layer)
+            if all(module is not m for m in found.values()):  # a layer named twice (name and index): one hook
+                found[f"{prefix}{layer}"] = module
     return found
 
 
@@ -129,9 +131,6 @@ class MixStyleMethod(Generalization):
                     "method.vectors: true for the per-sample variant over feature vectors (not in the paper)"
                 )
 
-    def on_fit_start(self, trainer) -> None:
-        self.hooks.attach()
-
     def on_fit_end(self, trainer, status: str) -> None:
         """The hooks go with the training: an exported or copied model carries none."""
         self.hooks.remove()
@@ -145,6 +144,7 @@ class MixStyleMethod(Generalization):
         domain_ids = torch.repeat_interleave(
             torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
         )
+        self.hooks.attach()  # once: the hooks stay until the fit ends
         self.hooks.activate(domain_ids)
         try:
             return super().training_step(batch)

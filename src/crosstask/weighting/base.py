@@ -64,6 +64,9 @@ class Weighting:
     needs_task_gradients: ClassVar[bool] = False
     supports_parameters: ClassVar[bool] = True
     supports_representation: ClassVar[bool] = False
+    # True: the update does not change when an objective is multiplied by a constant (Nash-MTL), so a method's
+    # trade-off on an objective has no effect under it
+    scale_invariant: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, loss_names: Sequence[str]):
         self.config = config

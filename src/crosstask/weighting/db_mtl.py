@@ -21,6 +21,7 @@ rows). All losses must be non-negative (their logarithm is taken).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from crosstask.registry import WEIGHTINGS
 from crosstask.weighting.base import BalanceContext, GradientWeighting, GradientWeightingConfig
 
 LOG_EPS = 1e-8
+
+log = logging.getLogger(__name__)
 
 
 class DBMTLConfig(GradientWeightingConfig):
@@ -70,11 +73,14 @@ class DBMTL(GradientWeighting):
         log_grads = grads / (losses + LOG_EPS)[:, None]
         if self.average is None:
             self.average = torch.zeros_like(log_grads)
-        elif self.average.shape != log_grads.shape:
-            raise SolverError(
-                f"weighting 'db_mtl': its moving average has shape {tuple(self.average.shape)} but the "
-                f"gradients have shape {tuple(log_grads.shape)}; the shared parameters changed since it was saved"
+        elif self.average.shape != log_grads.shape:  # the trainable shared parameters changed (gradual
+            # unfreezing): the old average is over other coordinates, so it starts again
+            log.info(
+                "db_mtl: the shared gradients changed shape %s -> %s; the moving average starts again",
+                tuple(self.average.shape),
+                tuple(log_grads.shape),
             )
+            self.average, self.steps, self._next = torch.zeros_like(log_grads), 0, None
         average = self.average.to(log_grads.device)
         beta = self.config.beta / (self.steps + 1) ** self.config.beta_sigma
         current = beta * average + (1 - beta) * log_grads

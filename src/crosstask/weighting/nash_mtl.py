@@ -179,6 +179,7 @@ def norm_cap(direction: Tensor, max_norm: float) -> float:
 class NashMTL(GradientWeighting):
     """Nash bargaining weights α_i (Mα)_i = 1, solved exactly by Newton's method (Navon et al. 2022)."""
 
+    scale_invariant = True  # g_i → c g_i gives α_i → α_i / c: the direction Σ α_i g_i does not change
     config: NashMTLConfig
 
     def __init__(self, config: NashMTLConfig, loss_names: Sequence[str]):

@@ -35,4 +35,5 @@ class Uncertainty(LossWeighting):
     def combine(self, losses: Tensor, context: BalanceContext) -> tuple[Tensor, Tensor]:
         log_var = self.params["log_var"]
         weights = torch.exp(-log_var)
-        return (weights * losses + log_var).sum(), weights
+        # with accumulation the losses arrive divided by accumulate: so does the + s_i term
+        return (weights * losses + log_var / context.accumulate).sum(), weights
