@@ -16,7 +16,8 @@ moves once per optimizer step, with the mean of the micro-batches' gradients. Wo
 parameters only: a moving average of gradients with respect to the shared representation would average
 the gradients of different samples (the authors' library refuses it too). The logged weights are the
 magnitude factors ``max_j ‖ĝ_j‖ / ‖ĝ_i‖`` (the direction combines the averages ``ĝ_i``, not this step's
-rows). All losses must be non-negative (their logarithm is taken).
+rows). All losses must be non-negative (their logarithm is taken). When the trainable shared parameters
+change (gradual unfreezing), the average starts again over the new ones.
 """
 
 from __future__ import annotations
