@@ -22,6 +22,8 @@ FAMILIES = [
     "regularizer",
     "finetune",
     "shallow",
+    "monitor",
+    "transferability",
 ]
 
 

@@ -20,47 +20,70 @@ from crosstask.evaluation.delta_m import delta_m
 
 
 def single_task_config(experiment: Experiment, task: str) -> Experiment:
-    """The experiment reduced to ``task`` alone."""
+    """The experiment reduced to ``task`` alone: a plain network (hard sharing) with the static weighting."""
+    return tasks_config(experiment, [task])
+
+
+def tasks_config(experiment: Experiment, tasks: list[str], name: str | None = None) -> Experiment:
+    """The experiment reduced to ``tasks``: only the domains that label one of them, evaluation on the
+    domains that evaluate one of them. One task trains a plain network (hard sharing) with the static
+    weighting; several keep the experiment's architecture and weighting (a group of a task grouping)."""
     data = experiment.model_dump(mode="json")
     names = [t.name for t in experiment.tasks]
-    if task not in names:
-        raise ConfigError(f"no task '{task}' in this experiment; tasks: {', '.join(names)}")
+    unknown = [t for t in tasks if t not in names]
+    if unknown or not tasks:
+        missing = ", ".join(f"'{t}'" for t in unknown) or "(none given)"
+        raise ConfigError(f"no task {missing} in this experiment; tasks: {', '.join(names)}")
 
     def keep(domains: Mapping[str, Any]) -> dict[str, Any]:
         out = {}
-        for name, domain in domains.items():
-            labeled = domain.get("tasks") or names
-            if task in labeled:
-                out[name] = {**domain, "tasks": [task]}
+        for domain_name, domain in domains.items():
+            labeled = [t for t in domain.get("tasks") or names if t in tasks]
+            if labeled:
+                out[domain_name] = {**domain, "tasks": labeled}
         return out
 
-    data["name"] = f"{experiment.name}_single_{task}"
-    data["tasks"] = [t for t in data["tasks"] if t["name"] == task]
+    label = "-".join(tasks)
+    data["name"] = name or f"{experiment.name}_{'single' if len(tasks) == 1 else 'group'}_{label}"
+    data["tasks"] = [t for t in data["tasks"] if t["name"] in tasks]
     data["data"]["train"] = keep(data["data"]["train"])
     data["data"]["eval"] = keep(data["data"]["eval"])
     if not data["data"]["train"]:
-        raise ConfigError(f"task '{task}': no training domain labels it, so it has no single-task baseline")
-    data["model"]["architecture"] = {"name": "hard_sharing"}
-    data["weighting"] = {"name": "static"}
+        raise ConfigError(f"tasks {label}: no training domain labels them, so they cannot train alone")
+    if len(tasks) == 1:
+        data["model"]["architecture"] = {"name": "hard_sharing"}
+        data["weighting"] = {"name": "static"}
+    else:
+        data["weighting"] = _weighting_for(data["weighting"], tasks)
     train = data["train"]
-    for key in ("select",):
-        train[key] = _for_task(train.get(key), task, experiment)
+    train["monitors"] = []
+    train["select"] = _for_tasks(train.get("select"), tasks, experiment)
     if train.get("early_stopping"):
-        metric = _for_task(train["early_stopping"]["metric"], task, experiment)
+        metric = _for_tasks(train["early_stopping"]["metric"], tasks, experiment)
         train["early_stopping"] = {**train["early_stopping"], "metric": metric} if metric else None
-    return validate_config(data, source=f"{experiment.source} (single-task baseline for '{task}')")
+    what = "single-task baseline" if len(tasks) == 1 else "task group"
+    return validate_config(data, source=f"{experiment.source} ({what} for '{label}')")
 
 
-def _for_task(metric_key: str | None, task: str, experiment: Experiment) -> str | None:
-    """A selection metric for the baseline: the same key if it is the task's, else the task's main metric
-    on the same evaluation domain (``None`` if that domain does not evaluate the task)."""
+def _weighting_for(weighting: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """A weighting's per-objective keys (static weights, say) restricted to the group's tasks."""
+    out = dict(weighting)
+    for key, value in weighting.items():
+        if isinstance(value, dict) and value and set(value) - set(tasks):
+            out[key] = {k: v for k, v in value.items() if k in tasks}
+    return out
+
+
+def _for_tasks(metric_key: str | None, tasks: list[str], experiment: Experiment) -> str | None:
+    """A selection metric for a reduced experiment: the same key if it is one of its tasks', else the first
+    task's main metric on the same evaluation domain (``None`` if that domain does not evaluate it)."""
     if metric_key is None:
         return None
     domain, metric_task, _ = metric_key.split("/")
-    if metric_task == task:
+    if metric_task in tasks:
         return metric_key
-    main = next(t for t in experiment.tasks if t.name == task).main_metric
-    candidate = f"{domain}/{task}/{main}"
+    main = next(t for t in experiment.tasks if t.name == tasks[0]).main_metric
+    candidate = f"{domain}/{tasks[0]}/{main}"
     return candidate if candidate in experiment.metric_keys() else None
 
 

@@ -1,4 +1,4 @@
-"""The ``crosstask`` command: run, validate, list, evaluate, demo.
+"""The ``crosstask`` command: run, lodo, select, validate, list, evaluate, group, negative-transfer, demo.
 
 Exit codes: 0 done; 2 an error a user can fix (bad config, missing data, unusable run directory), printed
 as one message without a traceback; 3 training diverged; 130 (``EXIT_INTERRUPTED``) stopped by Ctrl-C or
@@ -302,6 +302,97 @@ def evaluate(
     )
     at = f"step {step}" if step is not None else "step unknown"
     print_table(metrics_table(f"{run_dir}: {scored} ({at})", metrics))
+
+
+@command()
+def group(
+    source: Annotated[
+        Path,
+        typer.Argument(help="experiment YAML (trained with the task_affinity monitor) or its run directory"),
+    ],
+    overrides: Overrides = None,
+    budget: Annotated[int, typer.Option(help="at most this many models (groups of tasks)")] = 2,
+    kind: Annotated[str, typer.Option(help="affinity: lookahead (TAG) or cosine")] = "lookahead",
+    every: Annotated[
+        int | None, typer.Option(help="measure every N steps (default: about 50 measurements)")
+    ] = None,
+    train: Annotated[
+        bool,
+        typer.Option("--train", help="train the groups and compare with all-in-one and one-per-task (Δm%)"),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and the results")] = False,
+) -> None:
+    """Which tasks to train together: task affinity from one joint run (TAG lookahead or gradient cosine),
+    the best grouping for a budget of models, and with --train the trained comparison. Writes grouping.json
+    in the run directory."""
+    from crosstask.analysis.grouping_runs import group_tasks
+    from crosstask.engine.logging import default_progress
+
+    _setup_logging(quiet)
+    report = group_tasks(
+        source, budget, overrides or [], kind=kind, every=every, train=train, progress=default_progress()
+    )
+    names = report["names"]
+    table = Table(
+        title=f"task affinity ({kind}: row i, column j = effect of a step on i on j)", title_justify="left"
+    )
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, report["affinity"], strict=True):
+        table.add_row(name, *(f"{v:+.4f}" for v in row))
+    print_table(table)
+    groups = "  ".join("{" + ", ".join(g) + "}" for g in report["groups"])
+    how = "every partition scored" if report["exhaustive"] else "local search (approximate)"
+    console.print(f"groups for a budget of {report['budget']}: {groups} (score {report['score']:.4f}; {how})")
+    if "delta_m" in report:
+        for option, value in report["delta_m"].items():
+            console.print(
+                f"Δm% {option.replace('_', '-')}: {value:+.2f} (against one-per-task; lower is better)"
+            )
+    console.print(f"written: {Path(report['run_dir']) / 'grouping.json'}", highlight=False)
+
+
+@command("negative-transfer")
+def negative_transfer(
+    runs: Annotated[list[Path], typer.Argument(help="run directories, one per seed")],
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="reference runs (target-only, source-only, ...); without it, the runs' --baselines are the reference"
+        ),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="significance level (the interval is 1 - alpha)")] = 0.05,
+    output: Annotated[Path | None, typer.Option(help="also write the verdicts to this JSON file")] = None,
+) -> None:
+    """Per task and metric: the gain over the reference with its confidence interval (Welch's t-test) and a
+    verdict: positive transfer, no evidence, negative transfer."""
+    import json
+
+    from crosstask.analysis.negative_transfer import multitask_verdicts, transfer_verdicts
+
+    found = transfer_verdicts(runs, against, alpha) if against else multitask_verdicts(runs, alpha)
+    reference = "reference runs" if against else "single-task baselines"
+    table = Table(
+        title=f"{len(runs)} run(s) against {len(against) if against else len(runs)} {reference}",
+        title_justify="left",
+    )
+    for column in ("metric", "gain", f"{100 * (1 - alpha):.0f}% interval", "p", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    colour = {"positive transfer": "green", "negative transfer": "red"}
+    for v in found:
+        table.add_row(
+            v.key,
+            f"{v.gain:+.3f}",
+            f"[{v.ci_low:+.3f}, {v.ci_high:+.3f}]",
+            f"{v.p_value:.3g}",
+            Text(v.verdict, style=colour.get(v.verdict, "")),
+        )
+    print_table(table)
+    if min(len(runs), len(against or runs)) < 3:
+        err_console.print("note: fewer than 3 runs per side; a verdict needs 3 or more seeds to mean much")
+    if output is not None:
+        output.write_text(json.dumps([v.as_dict() for v in found], indent=2) + "\n")
 
 
 @command()

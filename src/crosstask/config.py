@@ -37,6 +37,7 @@ from crosstask.registry import (
     DATASETS,
     HEADS,
     METHODS,
+    MONITORS,
     NAME_PATTERN,
     OPTIMIZERS,
     SCHEDULERS,
@@ -188,6 +189,10 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStoppingConfig | None = None
     validation: ValidationConfig | None = Field(
         default=None, description="unsupervised model selection: which checkpoint each validator picks"
+    )
+    monitors: list[component(MONITORS)] = Field(
+        default_factory=list,
+        description="diagnostics read from the steps (crosstask list monitor): gradient_conflict, task_affinity",
     )
 
     @field_validator("device")

@@ -185,3 +185,13 @@ OPTIMIZERS = Registry("optimizer", "torch optimizers by name", ("crosstask.engin
 SCHEDULERS = Registry("scheduler", "learning-rate schedules by name", ("crosstask.engine.schedulers",))
 LOSSES = Registry("loss", "per-task loss functions", ("crosstask.evaluation.losses",))
 METRICS = Registry("metric", "per-task evaluation metrics", ("crosstask.evaluation.metrics",))
+MONITORS = Registry(
+    "monitor",
+    "diagnostics that read a run's steps through the Trainer's events (gradient conflict, task affinity)",
+    ("crosstask.analysis.monitors",),
+)
+TRANSFERABILITY = Registry(
+    "transferability",
+    "scores of a pretrained model for a labeled target, from its features or predictions, before training",
+    ("crosstask.analysis.transferability",),
+)

@@ -6,13 +6,15 @@ The Trainer calls, on the method and then on every callback, in this order::
     per optimizer step:
         on_step_start(trainer)            trainer.step is the step about to run (0-based)
         wants_gradients(trainer)          asked before each backward pass: keep the per-objective gradients?
+                                          (trainer.batch is the micro-batch about to be back-propagated)
         on_after_gradients(trainer, g)    after each backward pass (micro-batch): a StepGradients record
         on_after_update(trainer)          after the optimizers and schedules stepped
     on_evaluation(trainer, metrics)       after each evaluation
     on_fit_end(trainer, status)           always, also when training failed ("failed", "diverged")
 
 Handlers read and change the run through the Trainer's public parts (``step``, ``optimizers``,
-``reset_optimizer_state()``, ``draw()``, ``model``, ``metrics_log``). A handler must not draw from the global
+``reset_optimizer_state()``, ``draw()``, ``model``, ``metrics_log``, ``batch``: the current micro-batch,
+``objectives_at(batch)``: the objectives' values without changing the run, for a lookahead). A handler must not draw from the global
 random generator (that would break the exact resume); state it keeps goes in its own checkpointed state.
 """
 
@@ -34,9 +36,11 @@ class Callback:
     def on_step_start(self, trainer: Trainer) -> None:
         """Before optimizer step ``trainer.step`` (0-based) draws its batches."""
 
-    def wants_gradients(self, trainer: Trainer) -> bool:
+    def wants_gradients(self, trainer: Trainer) -> bool | str:
         """Whether the coming backward pass should compute and keep every objective's gradient on the shared
-        part (``StepGradients.jacobian``), even when the weighting does not need it."""
+        part, even when the weighting does not need it: False; True or ``"representation"`` (the cheaper
+        ``StepGradients.jacobian``, on the shared representation where valid); ``"parameters"``
+        (``StepGradients.parameter_jacobian``, on the shared parameters)."""
         return False
 
     def on_after_gradients(self, trainer: Trainer, gradients: StepGradients) -> None:

@@ -55,8 +55,10 @@ class StepGradients:
     penalties' values. ``jacobian`` (objectives × dimensions) is set when it was computed: always for a
     gradient weighting with shared parameters, for a loss weighting only when a reader asked. ``space`` says
     what its columns are: ``"representation"`` (the shared representation, flattened) or ``"parameters"``
-    (the trainable shared parameters, flattened in order); ``reason`` why the parameters were used when the
-    representation was asked for.
+    (``parameters``, the trainable shared parameters, flattened in order); ``reason`` why the parameters were
+    used when the representation was asked for. ``parameter_jacobian`` is the Jacobian on ``parameters``
+    whenever it is known: when ``space`` is ``"parameters"``, or when a reader asked for it (a lookahead step
+    on one objective needs it).
     """
 
     names: list[str]
@@ -66,6 +68,8 @@ class StepGradients:
     space: str | None = None
     jacobian: Tensor | None = None
     reason: str | None = None
+    parameter_jacobian: Tensor | None = None
+    parameters: list[nn.Parameter] = field(default_factory=list)
 
 
 class GradientEngine:
@@ -97,9 +101,14 @@ class GradientEngine:
         step: int = 0,
         micro_step: int = 0,
         accumulate: int = 1,
-        keep_jacobian: bool = False,
+        keep_jacobian: bool | str = False,
     ) -> StepGradients:
-        """Put the gradients of one backward pass on the parameters; returns what was computed."""
+        """Put the gradients of one backward pass on the parameters; returns what was computed.
+
+        ``keep_jacobian``: a reader wants every objective's gradient, ``"representation"`` (or True: on the
+        shared representation where valid) or ``"parameters"`` (on the shared parameters, also when the
+        weighting works on the representation)."""
+        keep = "parameters" if keep_jacobian == "parameters" else ("representation" if keep_jacobian else None)
         names = self.weighting.loss_names
         losses = [objectives[n] for n in names]
         penalties = dict(penalties or {})
@@ -115,7 +124,9 @@ class GradientEngine:
             [p for p in self.other_parameters if p.requires_grad],
         )
         values = torch.stack([loss.detach().float() for loss in losses]) if losses else torch.zeros(0)
-        record = StepGradients(list(names), values, {}, {k: v.detach().float() for k, v in penalties.items()})
+        record = StepGradients(
+            list(names), values, {}, {k: v.detach().float() for k, v in penalties.items()}, parameters=shared
+        )
         if not losses:
             if penalty is not None and penalty.requires_grad:
                 penalty.backward()
@@ -130,11 +141,11 @@ class GradientEngine:
         else:
             scale = None
         differentiable = [loss for loss in losses if loss.requires_grad]
-        if not shared or not differentiable or not (gradient_weighting or keep_jacobian):
+        if not shared or not differentiable or not (gradient_weighting or keep):
             self._plain_backward(losses, penalty, context, record, scale)
             return record
 
-        asked = weighting.config.on if gradient_weighting else "representation"
+        asked = weighting.config.on if gradient_weighting else keep
         space, reason = self._space(names, losses, pieces, shared, asked)
         others = context.other_parameters if gradient_weighting else []
         if space == "representation" or (space == "parameters" and reason is None and pieces):
@@ -145,8 +156,13 @@ class GradientEngine:
                 jacobian = rows[0].flatten(1).float()
             else:
                 jacobian = torch.cat([r.flatten(1) for r in rows], dim=1).float()
+            if keep == "parameters":
+                record.parameter_jacobian = (
+                    jacobian if space == "parameters" else _encoder_jacobian(pieces, shared, rows)
+                )
         else:
             jacobian = _parameter_jacobian(losses, shared, others)
+            record.parameter_jacobian = jacobian
         record.space, record.jacobian, record.reason = space, jacobian, reason
 
         if not gradient_weighting:

@@ -10,6 +10,7 @@ SIGINT/SIGTERM (the current step finishes and is checkpointed).
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -115,6 +116,7 @@ class Trainer:
         self._logged_steps = 0
         self._stop_requested = False
         self._started = time.perf_counter()
+        self.batch: dict[str, Batch] | None = None  # the micro-batch being back-propagated (for readers)
 
     # ------------------------------------------------------------------ what event handlers use
 
@@ -126,6 +128,25 @@ class Trainer:
     def draw(self) -> dict[str, Batch]:
         """The next multi-stream training batch (the streams' state, so a resume, counts it)."""
         return next(self.streams)
+
+    def objectives_at(self, batch: Mapping[str, Batch]) -> dict[str, float]:
+        """The method's objectives on ``batch`` with the model as it is now, leaving no trace on the run: no
+        gradient is accumulated, and the model's buffers (batch-norm statistics), the method's state and the
+        random generators are restored afterwards (a lookahead reader, such as task affinity, calls it with
+        shifted parameters). Autograd stays on: some steps differentiate inside (IRM's penalty, MLDG)."""
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        method_state = copy.deepcopy(self.method.state_dict())
+        rng = capture_rng()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                output = self.method.training_step(dict(batch))
+            return {name: float(output.objectives[name].detach()) for name in self.objective_names}
+        finally:
+            restore_rng(rng)
+            self.method.load_state_dict(method_state)
+            with torch.no_grad():
+                for live, saved in zip(self.model.buffers(), buffers, strict=True):
+                    live.copy_(saved)
 
     def reset_optimizer_state(self, sides: Sequence[str] | None = None) -> None:
         """Forget the optimizers' state (momentum, Adam's moments), for every side or the named ones."""
@@ -218,7 +239,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         produced = False
         for micro_step in range(accumulate):
-            batch = self.draw()
+            batch = self.batch = self.draw()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 output = self.method.training_step(batch)
             objectives, penalties = dict(output.objectives), dict(output.penalties)
@@ -241,7 +262,8 @@ class Trainer:
             if accumulate > 1:
                 objectives = {n: v / accumulate for n, v in objectives.items()}
                 penalties = {n: v / accumulate for n, v in penalties.items()}
-            keep = any(c.wants_gradients(self) for c in self.callbacks)
+            wanted = {c.wants_gradients(self) for c in self.callbacks}
+            keep = "parameters" if "parameters" in wanted else any(wanted)
             try:
                 gradients = self.engine.backward(
                     objectives,

@@ -61,7 +61,7 @@ from crosstask.experiment.runtime import (
 )
 from crosstask.models.model import MultiTaskModel, infer_input_shape
 from crosstask.provenance import code_revision, config_hash
-from crosstask.registry import METHODS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
+from crosstask.registry import METHODS, MONITORS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def train(
         config.validation, model, train_domains, eval_domains, device, eval_batch_size
     )
     provenance = {"revision": code_revision(), "config_hash": config_hash(resolved) if resolved else None}
+    monitors = [MONITORS.get(m.name).obj(m) for m in config.monitors]
     trainer = Trainer(
         model=model,
         method=method_obj,
@@ -138,7 +139,7 @@ def train(
         progress=progress,
         name=name,
         validation=validation,
-        callbacks=callbacks,
+        callbacks=[*monitors, *callbacks],
         provenance=provenance,
     )
     n_threads = config.threads

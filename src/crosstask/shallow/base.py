@@ -34,31 +34,29 @@ class SampleWeightIgnored(UserWarning):
     """A reweighting adapter's final estimator cannot take ``sample_weight``, so the weights change nothing."""
 
 
-def as_matrix(X: Any, what: str, where: str, min_samples: int = 1) -> np.ndarray:
-    """``X`` as a finite float64 matrix of shape (n, d); anything else raises a DataError saying why."""
+def as_matrix(X: Any, what: str, where: str | None = None, min_samples: int = 1) -> np.ndarray:
+    """``X`` as a finite float64 matrix of shape (n, d); anything else raises a DataError saying why (prefixed
+    with ``where``, the call it happened in)."""
+    what = f"{where}: {what}" if where else what
     try:
         array = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise DataError(
-            f"{where}: {what} must be a numeric array of shape (n_samples, n_features) ({exc})"
-        ) from None
+        raise DataError(f"{what} must be a numeric array of shape (n_samples, n_features) ({exc})") from None
     if array.ndim != 2:
         raise DataError(
-            f"{where}: {what} must be 2-D (n_samples, n_features), got shape {array.shape}"
+            f"{what} must be 2-D (n_samples, n_features), got shape {array.shape}"
             + ("; reshape a single sample with X.reshape(1, -1)" if array.ndim == 1 else "")
         )
     if array.shape[1] == 0:
-        raise DataError(f"{where}: {what} has no features (shape {array.shape})")
+        raise DataError(f"{what} has no features (shape {array.shape})")
     if len(array) < min_samples:
-        raise DataError(
-            f"{where}: {what} has {len(array)} sample(s); this adapter needs at least {min_samples} per domain"
-        )
+        raise DataError(f"{what} has {len(array)} sample(s); at least {min_samples} are needed")
     bad = ~np.isfinite(array)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise DataError(
-            f"{where}: {what} contains {int(bad.sum())} NaN/inf value(s) (first at row {row}, column {col}); "
-            "impute or drop them before adapting"
+            f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at row {row}, column {col}); "
+            "impute or drop them first"
         )
     return array
 
