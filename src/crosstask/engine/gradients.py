@@ -108,7 +108,9 @@ class GradientEngine:
         ``keep_jacobian``: a reader wants every objective's gradient, ``"representation"`` (or True: on the
         shared representation where valid) or ``"parameters"`` (on the shared parameters, also when the
         weighting works on the representation)."""
-        keep = "parameters" if keep_jacobian == "parameters" else ("representation" if keep_jacobian else None)
+        keep = (
+            "parameters" if keep_jacobian == "parameters" else ("representation" if keep_jacobian else None)
+        )
         names = self.weighting.loss_names
         losses = [objectives[n] for n in names]
         penalties = dict(penalties or {})
