@@ -135,3 +135,19 @@ def test_group_on_a_run_without_affinity_says_how_to_measure_it(tmp_path: Path) 
     result = CliRunner().invoke(app, ["group", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "task_affinity" in str(result.exception) or "task_affinity" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "0"], "at least 1"),
+        (["--kind", "tag"], "lookahead, cosine"),
+        (["method=erm"], "method: multitask"),
+    ],
+)
+def test_group_refuses_bad_options_before_training(args: list[str], message: str, tmp_path: Path) -> None:
+    config = group_config(tmp_path)
+    result = CliRunner().invoke(app, ["group", str(config), *args])
+    assert result.exit_code != 0
+    assert message in str(result.exception)
+    assert not (tmp_path / "runs").exists()  # nothing was trained

@@ -70,6 +70,10 @@ def group_tasks(
     from crosstask.config import apply_overrides, load_config, read_yaml, validate_config
     from crosstask.experiment import run
 
+    if kind not in KINDS:
+        raise ConfigError(f"affinity kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    if budget < 1:
+        raise ConfigError(f"the budget is a number of models, at least 1; got {budget}")
     source = Path(source)
     if source.is_dir():
         if overrides:
@@ -80,6 +84,11 @@ def group_tasks(
     else:
         data = with_affinity_monitor(apply_overrides(read_yaml(source), overrides or []), every)
         experiment = validate_config(data, source=str(source))
+        if experiment.method.name != "multitask" or len(experiment.tasks) < 2:
+            raise ConfigError(
+                f"{source}: grouping needs a multi-task experiment (method: multitask, two or more tasks); it has "
+                f"method '{experiment.method.name}' and {len(experiment.tasks)} task(s)"
+            )
         result = run(experiment, progress=progress, baselines=train)
         run_dir, summary = result.run_dir, result.summary
     names, mean, std = read_affinity(run_dir, kind)
