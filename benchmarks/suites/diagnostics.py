@@ -1,15 +1,18 @@
 """Diagnostics on cases with a known answer (runs go to a fresh temporary directory: nothing is reused).
 
 - **Negative transfer** (``crosstask negative-transfer``), 3 seeds of the joint run and of every task alone,
-  on the ``synthetic`` dataset (one world, ``seed: 0``; the seeds vary the training):
-  *related*: five tasks of one planted group (relatedness 0.98), 30 training samples each in 32 dimensions,
-  one shared tanh layer: pooling related, scarce data should help (planted answer: positive transfer);
-  *competing*: the same group plus an unrelated sixth task, through a shared bottleneck of one unit: the
+  on two worlds of the ``synthetic`` dataset (``WORLDS``; the seeds vary the training):
+  *related*: five tasks of one planted group (relatedness 0.98), each with its own 30 training samples in
+  32 dimensions, one shared tanh layer: pooling related, scarce data helps (planted answer: positive
+  transfer; tasks that label the *same* samples gain little, as the labels add almost no information);
+  *competing*: the same group labelling 30 shared samples, plus an unrelated sixth task, through a shared
+  bottleneck of one unit: the
   group takes the unit, the sixth task loses it (planted answer: negative transfer for it). The mean
   gradient cosines the gradient-conflict monitor measured are reported beside the verdicts; averaged over a
   whole run they are not a verdict (near a stationary point of the summed loss the objectives' gradients
   cancel, so even related tasks' cosines turn negative).
-- **Grouping** (``crosstask group``): nine tasks in three planted groups (relatedness 0.9), the TAG
+- **Grouping** (``crosstask group``): nine tasks in three planted groups (relatedness 0.95; each seed its
+  own synthetic world, so the groups are planted anew), the TAG
   lookahead affinity from one joint run, the best partition for a budget of 3; adjusted Rand index against
   the planted groups per seed, and the time to a grouping against training every pair of tasks (the
   pairwise alternative TAG is compared with).
@@ -37,6 +40,7 @@ from crosstask.analysis.negative_transfer import NEGATIVE, POSITIVE, multitask_v
 from crosstask.experiment import run as run_experiment
 
 SEEDS = [0, 1, 2]
+WORLDS = [0, 1]
 ANGLES = [0, 15, 30, 60, 90]
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,12 @@ def synthetic_experiment(
     relatedness: float,
     steps: int,
     activation: str = "tanh",
+    world: int = 0,
+    multi_input: bool = False,
 ) -> dict[str, Any]:
-    """A multi-task experiment on one synthetic world (dataset seed 0) trained with ``seed``."""
+    """A multi-task experiment on the synthetic world ``world`` (its task weights) trained with ``seed``;
+    ``multi_input``: each task labels its own ``n`` samples (a domain of the same, unshifted world) instead
+    of all tasks labelling the same ``n``."""
     tasks = sum(len(g) for g in groups)
     dataset = {
         "name": "synthetic",
@@ -62,14 +70,21 @@ def synthetic_experiment(
         "groups": groups,
         "relatedness": relatedness,
         "dim": dim,
+        "seed": world,
     }
+    train = {"train": {"dataset": {**dataset, "n": n}}}
+    if multi_input:
+        train = {
+            f"d{i}": {"dataset": {**dataset, "n": n, "domain": i, "shift": 0.0}, "tasks": [f"t{i}"]}
+            for i in range(tasks)
+        }
     return {
         "name": f"{name}_seed{seed}",
         "seed": seed,
         "output_dir": str(output),
         "tasks": [{"name": f"t{i}", "num_classes": 2} for i in range(tasks)],
         "data": {
-            "train": {"train": {"dataset": {**dataset, "n": n}}},
+            "train": train,
             "eval": {"test": {"dataset": {**dataset, "split": "test", "n_test": 2000}}},
         },
         "model": {"backbone": {"name": "mlp", "hidden": hidden, "activation": activation}},
@@ -83,17 +98,19 @@ SCENARIOS = {  # the planted negative-transfer cases: groups, model, data, and t
     "related": {
         "groups": [[0, 1, 2, 3, 4]],
         "hidden": [16],
+        "multi_input": True,
         "answer": {f"t{i}": POSITIVE for i in range(5)},
     },
     "competing": {
         "groups": [[0, 1, 2, 3, 4], [5]],
         "hidden": [16, 1],
+        "multi_input": False,
         "answer": {"t5": NEGATIVE},
     },
 }
 
 
-def negative_transfer_case(scenario: str, output: Path, seeds: list[int]) -> dict[str, Any]:
+def negative_transfer_case(scenario: str, output: Path, seeds: list[int], world: int = 0) -> dict[str, Any]:
     """The verdicts of one planted scenario: per task, the verdict, gain and p-value; and the mean gradient
     cosine of each task with the others (monitor gradient_conflict)."""
     spec = SCENARIOS[scenario]
@@ -109,6 +126,8 @@ def negative_transfer_case(scenario: str, output: Path, seeds: list[int]) -> dic
             dim=32,
             relatedness=0.98,
             steps=400,
+            world=world,
+            multi_input=spec["multi_input"],
         )
         config["train"]["monitors"] = [{"name": "gradient_conflict", "every": 10}]
         runs.append(run_experiment(config, baselines=True).run_dir)
@@ -137,9 +156,10 @@ def grouping_case(output: Path, seed: int) -> dict[str, Any]:
         hidden=[64, 16],
         n=2000,
         dim=16,
-        relatedness=0.9,
+        relatedness=0.95,
         steps=300,
         activation="relu",
+        world=seed,
     )
     started = time.perf_counter()
     result = run_experiment(with_affinity_monitor(config, every=10))
@@ -197,8 +217,8 @@ def run(options: dict) -> list[Record]:
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="crosstask-diagnostics-") as tmp:
         output = Path(tmp)
-        for scenario in SCENARIOS:
-            case = negative_transfer_case(scenario, output, seeds)
+        for scenario, world in ((s, w) for s in SCENARIOS for w in WORLDS):
+            case = negative_transfer_case(scenario, output, seeds, world)
             answer, verdicts = case["answer"], case["verdicts"]
             hits = [verdicts[task].verdict == expected for task, expected in answer.items()]
             wrong = [t for t, v in verdicts.items() if t not in answer and v.verdict == NEGATIVE]
@@ -212,7 +232,7 @@ def run(options: dict) -> list[Record]:
             records.append(
                 Record.measured(
                     "diagnostics/negative_transfer",
-                    scenario,
+                    f"{scenario} (world {world})",
                     "planted verdicts found %",
                     [100.0 * sum(hits) / len(hits)],
                     seeds,

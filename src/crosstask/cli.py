@@ -1,4 +1,5 @@
-"""The ``crosstask`` command: run, lodo, select, validate, list, evaluate, group, negative-transfer, demo.
+"""The ``crosstask`` command: run, lodo, select, validate, list, evaluate, group, negative-transfer, interpret,
+report, advise, demo.
 
 Exit codes: 0 done; 2 an error a user can fix (bad config, missing data, unusable run directory), printed
 as one message without a traceback; 3 training diverged; 130 (``EXIT_INTERRUPTED``) stopped by Ctrl-C or
@@ -393,6 +394,116 @@ def negative_transfer(
         err_console.print("note: fewer than 3 runs per side; a verdict needs 3 or more seeds to mean much")
     if output is not None:
         output.write_text(json.dumps([v.as_dict() for v in found], indent=2) + "\n")
+
+
+@command()
+def interpret(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    against: Annotated[
+        Path | None, typer.Option(help="another run on the same data (source-only, say): per-class change")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="best, last or best_<validator>")] = "best",
+    limit: Annotated[int, typer.Option(help="samples per evaluation domain")] = 500,
+    embedding: Annotated[str, typer.Option(help="tsne, umap (umap-learn installed) or pca")] = "tsne",
+    attributions: Annotated[int, typer.Option(help="image samples to attribute per task head")] = 8,
+) -> None:
+    """Gate usage per task over each evaluation domain (gated architectures), per-class accuracy (and its
+    change from --against), a joint 2-D embedding of the domains' shared features, integrated-gradients
+    attributions per task head for image inputs. Writes interpret.json in the run directory."""
+    from crosstask.analysis.interpret import interpret_run
+
+    _setup_logging(quiet=True)
+    report = interpret_run(
+        str(run_dir),
+        against=str(against) if against else None,
+        checkpoint=checkpoint,
+        limit=limit,
+        method=embedding,
+        attributions=attributions,
+    )
+    for domain, usage in report.get("gate_usage", {}).items():
+        table = Table(title=f"gate usage on {domain} (mean weight per expert)", title_justify="left")
+        table.add_column("task")
+        width = len(next(iter(usage.values()))["mean"])
+        for e in range(width):
+            table.add_column(f"e{e}", justify="right")
+        table.add_column("entropy", justify="right")
+        for task, row in usage.items():
+            table.add_row(task, *(f"{v:.2f}" for v in row["mean"]), f"{row['entropy']:.2f}")
+        print_table(table)
+    changes = report.get("per_class_change") or report["per_class_accuracy"]
+    title = "per-class accuracy change (points)" if "per_class_change" in report else "per-class accuracy %"
+    for domain, tasks in changes.items():
+        for task, classes in tasks.items():
+            shown = "  ".join(
+                f"{c}: {v:+.1f}" if "per_class_change" in report else f"{c}: {v:.1f}"
+                for c, v in classes.items()
+            )
+            console.print(f"{title}, {domain}/{task}: {shown}", highlight=False, soft_wrap=True)
+    console.print(f"written: {run_dir / 'interpret.json'}", highlight=False)
+
+
+@command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="one run directory, or several to compare")],
+    output: Annotated[
+        Path | None, typer.Option(help="the HTML file (default: <run>/report.html, or crosstask-report.html)")
+    ] = None,
+    confusion: Annotated[
+        bool, typer.Option("--confusion/--no-confusion", help="confusion matrices from the run's checkpoint")
+    ] = True,
+) -> None:
+    """One self-contained HTML report (figures embedded; also written as PNG files beside it): learning
+    curves, applied weights, gradient conflict, task affinity and grouping, gates, embeddings, per-class
+    change, attributions, confusion matrices, negative-transfer verdicts (several runs with --baselines),
+    the config and the code revision. Needs matplotlib (pip install 'crosstask[plot]')."""
+    from crosstask.report.html import write_report
+
+    _setup_logging(quiet=True)
+    path = write_report(runs, output, confusion=confusion)
+    console.print(
+        f"written: {path} (figures as PNG in {path.parent / (path.stem + '_figures')})", highlight=False
+    )
+
+
+@command()
+def advise(
+    config: Annotated[Path, typer.Argument(help="experiment YAML: data.train with source(s) and a target")],
+    overrides: Overrides = None,
+    source: Annotated[str | None, typer.Option(help="the source domain (default: the labeled ones)")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="the target domain (default: the unlabeled one, or one named *target*)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="write the recommended config here")] = None,
+) -> None:
+    """Which method to use: measures label counts, the domain distance (proxy A-distance) and the starting
+    model's transferability (LogME), then recommends fine-tuning, domain adaptation (which family), domain
+    generalization or multi-task learning, with the reason and a ready config."""
+    import yaml
+
+    from crosstask.analysis.advise import advise as advise_on
+    from crosstask.config import load_config
+
+    _setup_logging(quiet=True)
+    advice = advise_on(load_config(config, overrides or []), source=source, target=target)
+    table = Table(title="measured", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in advice.measurements.items():
+        shown = (
+            f"{value:.3f}"
+            if isinstance(value, float)
+            else ", ".join(value)
+            if isinstance(value, list)
+            else str(value)
+        )
+        table.add_row(key, shown)
+    print_table(table)
+    console.print(f"recommended: {advice.family}, method '{advice.method}'", highlight=False)
+    console.print(f"why: {advice.reason}", highlight=False, soft_wrap=True)
+    path = output or Path(f"{advice.config['name']}.yaml")
+    path.write_text(yaml.safe_dump(advice.config, sort_keys=False))
+    console.print(f"ready config: {path} (crosstask run {path})", highlight=False)
 
 
 @command()

@@ -4,7 +4,7 @@
 ``api`` holds the entry points; both ``run`` and ``fit`` end in :func:`~crosstask.experiment.api.train`.
 """
 
-from crosstask.experiment.api import RunResult, evaluate_run, fit, run, train
+from crosstask.experiment.api import RunResult, evaluate_run, fit, load_run, run, train
 from crosstask.experiment.build import build_domains, build_model, build_validation
 from crosstask.experiment.runtime import deterministic_mode, resolve_device, seed_everything
 
@@ -16,6 +16,7 @@ __all__ = [
     "deterministic_mode",
     "evaluate_run",
     "fit",
+    "load_run",
     "resolve_device",
     "run",
     "seed_everything",

@@ -469,11 +469,11 @@ def fit(
 # ----------------------------------------------------------------------------- evaluating a finished run
 
 
-def evaluate_run(
+def load_run(
     run_dir: str | os.PathLike, checkpoint: str = "best", overrides: Sequence[str] = ()
-) -> dict[str, float]:
-    """Re-score a run's checkpoint on its config's evaluation sets (``overrides`` may change them), with the
-    method's test-time procedure when it has one (TENT's ``test_time_steps``, say)."""
+) -> tuple[Experiment, MultiTaskModel]:
+    """A run's config (with ``overrides``) and its model with the weights of ``checkpoint`` (best, last or
+    best_<validator>), on the config's device, in eval mode."""
     directory = RunDir(run_dir)
     if not directory.config.is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -495,8 +495,19 @@ def evaluate_run(
             f"({detail[1].strip() if len(detail) > 1 else detail[0]}); the checkpoint was changed or written by "
             "another version. Evaluate another checkpoint (--checkpoint last) or retrain"
         ) from None
-    device = resolve_device(experiment.train.device)
-    model.to(device)
+    model.to(resolve_device(experiment.train.device))
+    model.eval()
+    return experiment, model
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", overrides: Sequence[str] = ()
+) -> dict[str, float]:
+    """Re-score a run's checkpoint on its config's evaluation sets (``overrides`` may change them), with the
+    method's test-time procedure when it has one (TENT's ``test_time_steps``, say)."""
+    experiment, model = load_run(run_dir, checkpoint, overrides)
+    directory = RunDir(run_dir)
+    device = next(model.parameters()).device
     eval_domains = build_domains(experiment, "eval")
     if not eval_domains:
         raise RunError(
