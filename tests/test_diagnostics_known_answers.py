@@ -45,3 +45,12 @@ def test_the_proxy_a_distance_grows_with_the_rotation() -> None:
     values = [distances[a] for a in ANGLES]
     assert all(b >= a - 0.05 for a, b in itertools.pairwise(values))
     assert values[0] < 0.3 and values[-1] > 1.5
+
+
+def test_every_transferability_score_ranks_the_digits_zoo_better_than_chance() -> None:
+    from benchmarks.suites.transferability import SCORES, run
+
+    records = run({"seeds": [0]})
+    taus = {r.method: r.value for r in records if r.metric.startswith("Kendall")}
+    assert set(taus) == set(SCORES)
+    assert all(tau > 0.2 for tau in taus.values()), taus
