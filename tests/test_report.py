@@ -3,6 +3,7 @@ every section the run has data for, comparisons carry negative-transfer verdicts
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,21 @@ def test_a_report_without_matplotlib_says_how_to_install_it(
 def test_a_report_of_something_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="no summary.json"):
         write_report([tmp_path])
+
+
+def test_an_unwritable_output_is_one_clear_error(analysed_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="is a directory"):
+        write_report([analysed_run], tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores the mode
+            pytest.skip("this user can write to a read-only directory (root)")
+        with pytest.raises(RunError, match="cannot write the report"):
+            write_report([analysed_run], locked / "r.html", confusion=False)
+    finally:
+        locked.chmod(0o700)
 
 
 @pytest.mark.slow

@@ -22,6 +22,29 @@ import torch
 from crosstask.errors import RunError
 
 
+def write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file); a filesystem fault is one
+    :class:`RunError` naming the file and the reason."""
+    path = Path(path)
+    try:
+        fd, tmp = open_temporary(path)
+    except OSError as exc:
+        raise RunError(
+            f"cannot write the {what} {path}: {exc.strerror or exc}; choose another path"
+        ) from None
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RunError(
+                f"cannot write the {what} {path}: {exc.strerror or exc}; choose another path"
+            ) from None
+        raise
+
+
 def open_temporary(path: Path) -> tuple[int, Path]:
     """A new file ``.<name>.<8 random characters>.tmp`` next to ``path``, opened for writing, for an atomic
     write (then ``os.replace``). Unlike ``tempfile.mkstemp`` it gets the usual permissions (0666 less the

@@ -393,7 +393,9 @@ def negative_transfer(
     if min(len(runs), len(against or runs)) < 3:
         err_console.print("note: fewer than 3 runs per side; a verdict needs 3 or more seeds to mean much")
     if output is not None:
-        output.write_text(json.dumps([v.as_dict() for v in found], indent=2) + "\n")
+        from crosstask.checkpoint import write_text
+
+        write_text(output, json.dumps([v.as_dict() for v in found], indent=2) + "\n", "verdicts file")
 
 
 @command()
@@ -502,7 +504,9 @@ def advise(
     console.print(f"recommended: {advice.family}, method '{advice.method}'", highlight=False)
     console.print(f"why: {advice.reason}", highlight=False, soft_wrap=True)
     path = output or Path(f"{advice.config['name']}.yaml")
-    path.write_text(yaml.safe_dump(advice.config, sort_keys=False))
+    from crosstask.checkpoint import write_text
+
+    write_text(path, yaml.safe_dump(advice.config, sort_keys=False), "config")
     console.print(f"ready config: {path} (crosstask run {path})", highlight=False)
 
 

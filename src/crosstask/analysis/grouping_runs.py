@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from crosstask.analysis.grouping import best_grouping
+from crosstask.checkpoint import write_text
 from crosstask.errors import ConfigError, RunError
 
 KINDS = ("lookahead", "cosine")
@@ -114,7 +115,7 @@ def group_tasks(
     }
     if train:
         report.update(_train_groups(experiment, run_dir, summary, grouping.names, progress))
-    (Path(run_dir) / "grouping.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(Path(run_dir) / "grouping.json", json.dumps(report, indent=2) + "\n", "grouping")
     return report
 
 

@@ -239,6 +239,7 @@ def interpret_run(
     import json
     from pathlib import Path
 
+    from crosstask.checkpoint import write_text
     from crosstask.experiment import build_domains, load_run
 
     experiment, model = load_run(run_dir, checkpoint)
@@ -284,8 +285,7 @@ def interpret_run(
                 t: integrated_gradients(model, x, t).cpu().tolist() for t in _heads(model)
             },
         }
-    path = Path(run_dir) / "interpret.json"
-    path.write_text(json.dumps(report) + "\n")
+    write_text(Path(run_dir) / "interpret.json", json.dumps(report) + "\n", "interpretation")
     return report
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from crosstask.checkpoint import open_temporary, remove_stale_temporaries
+from crosstask.checkpoint import remove_stale_temporaries, write_text
 from crosstask.errors import ConfigError, RunError
 from crosstask.registry import NAME_PATTERN
 
@@ -154,15 +154,7 @@ class RunDir:
 
     def write_json(self, path: Path, data: Any) -> None:
         """Write JSON atomically (a reader never sees half a file)."""
-        fd, tmp = open_temporary(path)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=2, default=str)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text(path, json.dumps(data, indent=2, default=str) + "\n", "run file")
 
     def read_summary(self) -> dict[str, Any]:
         if not self.summary.is_file():

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from crosstask.errors import CrosstaskError
+from crosstask.checkpoint import write_text
+from crosstask.errors import CrosstaskError, RunError
 from crosstask.report import figures
 from crosstask.report.data import RunData, read_run
 
@@ -54,15 +55,22 @@ def write_report(
     if output is None:
         output = data[0].path / "report.html" if len(data) == 1 else Path("crosstask-report.html")
     output = Path(output)
+    if output.is_dir():
+        raise RunError(f"--output {output} is a directory; give the path of the HTML file to write")
     pictures = output.parent / f"{output.stem}_figures"
-    pictures.mkdir(parents=True, exist_ok=True)
+    try:
+        pictures.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"cannot write the report to {output}: {exc.strerror or exc}; choose another --output"
+        ) from None
     body = _run_body(data[0], pictures, confusion) if len(data) == 1 else _comparison_body(data, pictures)
     title = f"crosstask report: {data[0].name}" if len(data) == 1 else f"crosstask report: {len(data)} runs"
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
     )
-    output.write_text(page)
+    write_text(output, page, "report")
     return output
 
 
