@@ -39,6 +39,7 @@ SOURCES: dict[str, dict[str, Any]] = {
 }
 TARGET = {"rotate": 45, "blur": 0.5}
 SHOTS = 5
+SEEDS = [0, 1, 2]
 SCORES = ["logme", "h_score", "leep", "nce"]
 TASK = [ct.Task("digit", num_classes=10)]
 log = logging.getLogger(__name__)
