@@ -25,6 +25,7 @@ from crosstask.cli import app
 from crosstask.data.datasets.base import ArrayDataset
 from crosstask.data.domains import Domain
 from crosstask.errors import ConfigError, DataError
+from crosstask.registry import ARCHITECTURES
 from tests.conftest import tiny_config
 
 
@@ -155,3 +156,20 @@ def test_interpret_attributes_image_inputs_per_task_head(tmp_path: Path) -> None
         == np.asarray(attributions["inputs"]).shape
     )
     assert np.asarray(attributions["inputs"]).shape[0] == 3
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES.names())
+def test_gate_usage_on_every_architecture(architecture: str) -> None:
+    """Gated architectures report each task's mean weights over the dataset; the others say they have none."""
+    model = mlp_model(architecture).eval()
+    data = domain(50)
+    with torch.no_grad():
+        model(data.dataset.x[:4])
+    if not model.gates():
+        with pytest.raises(ConfigError, match="has no gates"):
+            gate_usage(model, data)
+        return
+    usage = gate_usage(model, data, batch_size=16)
+    assert set(usage) == {"a", "b"}
+    for row in usage.values():
+        assert sum(row["mean"]) == pytest.approx(1.0, abs=1e-5)

@@ -19,6 +19,8 @@
 - **Grouping on real data**: UCI Adult as six binary tasks (``configs/adult_6tasks.yaml``, one seed),
   ``crosstask group --budget 3 --train``: Δm% (against one-per-task, lower is better) of the chosen groups and
   of all-in-one; the goal is the groups no worse than all-in-one. Left out when the data is not found.
+- **Transferability** (``_transferability_zoo.py``): LogME, LEEP, NCE and H-score of nine digit models
+  against their fine-tuned accuracy on a few-label target: Kendall's τ and weighted τ over the zoo.
 - **Domain distance**: proxy A-distance between unrotated and rotated scikit-learn digits (disjoint halves,
   both with a random rotation in ±20° so that angle 0 is not trivially identical) for angles 0-90°: it
   must grow with the angle.
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.records import Record
+from benchmarks.suites._transferability_zoo import zoo_records
 from crosstask.analysis.grouping import adjusted_rand_index, best_grouping
 from crosstask.analysis.grouping_runs import read_affinity, with_affinity_monitor
 from crosstask.analysis.negative_transfer import NEGATIVE, POSITIVE, multitask_verdicts
@@ -303,6 +306,7 @@ def run(options: dict) -> list[Record]:
             )
         )
         records += adult_grouping(output)
+    records += zoo_records(seeds)
     by_angle: dict[int, list[float]] = {angle: [] for angle in ANGLES}
     for seed in seeds:
         distances = rotated_digits_distance(seed)

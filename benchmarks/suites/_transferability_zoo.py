@@ -1,4 +1,5 @@
-"""Transferability scores against the accuracy they are meant to predict, on a model zoo made by crosstask.
+"""Transferability scores against the accuracy they are meant to predict, on a model zoo made by crosstask
+(part of the ``diagnostics`` suite).
 
 The zoo: one MLP per variant of scikit-learn's digits (rotations, inversion, noise, blur: ``SOURCES``),
 trained on the digit task. The target: digits rotated by 45° and blurred, with ``SHOTS`` labels per class.
@@ -39,7 +40,6 @@ SOURCES: dict[str, dict[str, Any]] = {
 }
 TARGET = {"rotate": 45, "blur": 0.5}
 SHOTS = 5
-SEEDS = [0, 1, 2]
 SCORES = ["logme", "h_score", "leep", "nce"]
 TASK = [ct.Task("digit", num_classes=10)]
 log = logging.getLogger(__name__)
@@ -92,10 +92,9 @@ def fine_tuned_accuracy(run_dir: Path, target: Any, test: Any, seed: int, output
     return result.metrics["test/digit/accuracy"]  # in %
 
 
-def run(options: dict) -> list[Record]:
+def zoo_records(seeds: list[int]) -> list[Record]:
     from scipy.stats import kendalltau, weightedtau
 
-    seeds = options["seeds"]
     target = digits("train", per_class=SHOTS, per_class_label="digit", **TARGET)
     test = digits("test", **TARGET)
     taus: dict[str, list[float]] = {s: [] for s in SCORES}
