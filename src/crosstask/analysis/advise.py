@@ -6,7 +6,8 @@ few labels) the advisor measures, before any training:
 - label counts: labeled samples per class of the source(s) and of the target;
 - the **domain distance** between source and target: proxy A-distance (Ben-David et al. 2010) on the
   starting model's shared features (the config's backbone, with its pretrained weights when it names them)
-  and on the raw inputs;
+  and on the inputs as the datasets give them (a ``tabular`` dataset standardizes each file by its own
+  statistics, which hides a shift of mean and scale: set ``normalize: false`` to measure it);
 - the **transferability** of the starting features: LogME (You et al. 2021) on the target's labels where it
   has them, else on the source's.
 
