@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -54,10 +55,10 @@ CASES = {
         1,
         ("domain adaptation (semi-supervised)", "cdan"),
     ),
-    "no shift, 5 target labels per class": (
+    "no shift, a few target labels, no pretrained weights": (
         {"source": {"dataset": SYN}, "target": shifted(0.0, labeled=True, per_class=5)},
         1,
-        ("fine-tuning", "erm"),
+        ("joint training", "erm"),
     ),
     "several labeled domains, no target": (
         {f"d{i}": {"dataset": {**SYN, "domain": i}} for i in range(3)},
@@ -81,14 +82,31 @@ def test_the_advice_is_the_known_right_one_and_its_config_trains(case: str, tmp_
     assert ct.run(config).summary["status"] == "completed"
 
 
-def test_few_target_labels_get_a_linear_probe_and_more_get_l2sp() -> None:
-    few = advise(experiment({"source": {"dataset": SYN}, "target": shifted(0.0, labeled=True, per_class=5)}))
-    some = advise(
-        experiment({"source": {"dataset": SYN}, "target": shifted(0.0, labeled=True, per_class=40)})
+def test_pretrained_weights_and_few_target_labels_get_a_linear_probe_and_more_get_l2sp(
+    tmp_path: Path,
+) -> None:
+    weights = tmp_path / "mlp.pt"
+    backbone = {"name": "mlp", "hidden": [32]}
+    body = ct.TransferModel(backbone, [ct.Task("t0", num_classes=3)], input_shape=(16,))
+    torch.save(body.backbones()[0].state_dict(), weights)
+    pretrained = {**backbone, "weights": str(weights)}
+    few = advise(
+        experiment(
+            {"source": {"dataset": SYN}, "target": shifted(0.0, labeled=True, per_class=5)},
+            backbone=pretrained,
+        )
     )
-    assert few.config["method"]["finetune"]["name"] == "linear_probe"
+    some = advise(
+        experiment(
+            {"source": {"dataset": SYN}, "target": shifted(0.0, labeled=True, per_class=40)},
+            backbone=pretrained,
+        )
+    )
+    assert (few.family, few.config["method"]["finetune"]["name"]) == ("fine-tuning", "linear_probe")
     assert some.config["method"]["regularizers"][0]["name"] == "l2sp"
     assert few.measurements["target_labels_per_class"] == 5
+    config = {**some.config, "output_dir": str(tmp_path), "train": {**some.config["train"], "steps": 3}}
+    assert ct.run(config).summary["status"] == "completed"
 
 
 def test_strongly_shifted_images_get_fixmatch() -> None:

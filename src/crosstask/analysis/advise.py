@@ -16,9 +16,10 @@ Rules (thresholds in the constants below, from our measurements: digits rotated 
 
 - one domain, several tasks → multi-task learning (``multitask``; ``crosstask group`` to choose groups);
 - several labeled domains and no target → domain generalization (``vrex``);
-- a target with labels: little shift → fine-tuning (``erm``; linear probe below 10 labels per class, L2-SP
-  below 100, full fine-tuning above); a shift → semi-supervised adaptation (``cdan`` with the labeled target
-  as a stream);
+- a target with labels and little shift: with pretrained weights, fine-tuning on the target (``erm``; a
+  linear probe below 10 labels per class, L2-SP toward the pretrained weights below 100, all layers above);
+  without, training on the source and the target's labels together (``erm`` on both streams); a target with
+  labels and a shift → semi-supervised adaptation (``cdan`` with the labeled target as a stream);
 - an unlabeled target: no shift to speak of → source-only training (``erm``); a moderate shift → alignment
   (``cdan``); a strong shift → self-training (``fixmatch`` on images, ``mcc`` otherwise), the strongest
   families on our MNIST→USPS benchmark.
@@ -133,6 +134,16 @@ def advise(experiment: Any, *, source: str | None = None, target: str | None = N
 
     if target_labels is not None:
         per_class = measured["target_labels_per_class"]
+        if level == "small" and not pretrained:
+            return _advice(
+                "joint training",
+                "erm",
+                base,
+                measured,
+                f"{where}; no pretrained weights: train on the "
+                f"source and the target's {per_class} labels per class together",
+                train_on=[*sources, target],
+            )
         if level == "small":
             if per_class < FEW_LABELS:
                 return _advice(
