@@ -20,6 +20,7 @@ import time
 
 from benchmarks import suites
 from benchmarks.records import suite_revision, write_results
+from crosstask.errors import CrosstaskError
 
 
 def suite_names() -> list[str]:
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             "reuse_runs": args.reuse_runs,
         }
         started = time.perf_counter()
-        records = module.run(options)
+        try:
+            records = module.run(options)
+        except CrosstaskError as exc:  # one message, no traceback; an interrupted run stops every suite
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         options["minutes"] = round((time.perf_counter() - started) / 60, 1)
         # a quick or shortened run never overwrites the real results
         suffix = ".quick" if args.quick else (f"_{args.steps}steps" if args.steps else "")

@@ -166,6 +166,16 @@ def _provenance(
     )
 
 
+def _stop_if_interrupted(result: ct.RunResult) -> ct.RunResult:
+    """A run stopped by Ctrl-C or SIGTERM stops the suite too (the next run would start, and a second signal
+    would interrupt that one as well)."""
+    if result.summary.get("status") == "interrupted":
+        from crosstask.errors import RunInterrupted
+
+        raise RunInterrupted(f"{result.run_dir} was interrupted; run the suite again to continue it")
+    return result
+
+
 def run_experiment(
     config: Experiment | Mapping[str, Any] | str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -186,14 +196,14 @@ def run_experiment(
         if not reasons or reuse:
             if reasons:
                 log.warning("%s: reused although %s (--reuse-runs)", latest, "; ".join(reasons))
-            result = ct.run(resolved, resume=True, run_dir=latest)
+            result = _stop_if_interrupted(ct.run(resolved, resume=True, run_dir=latest))
             return result, _provenance(result, revision, wanted_hash, reused=True)
         log.warning(
             "%s: not reused, because %s; training it again in a new directory (pass --reuse-runs to accept it)",
             latest,
             "; ".join(reasons),
         )
-    result = ct.run(resolved)
+    result = _stop_if_interrupted(ct.run(resolved))
     if runs:
         log.warning("%s: trained again in %s", runs[-1], result.run_dir)
     return result, _provenance(result, revision, wanted_hash, reused=False)

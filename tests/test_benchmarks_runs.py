@@ -179,3 +179,22 @@ def test_records_carry_the_runs_provenance(tmp_path: Path, revision: dict) -> No
     assert record.config_hashes == [p.config_hash for p in provenances]
     assert len(set(record.config_hashes)) == 2  # the seed is part of the config
     assert record.revisions == [provenances[0].revision]
+
+
+def test_an_interrupted_run_stops_the_suite(
+    tmp_path: Path, revision: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C stops the run with a checkpoint; the suite must not go on to start the next run."""
+    import crosstask as ct
+    from crosstask.errors import RunInterrupted
+
+    real_run = ct.run
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        result = real_run(*args, **kwargs)
+        result.summary["status"] = "interrupted"
+        return result
+
+    monkeypatch.setattr(ct, "run", interrupted)
+    with pytest.raises(RunInterrupted, match="run the suite again"):
+        run_experiment(config(tmp_path))
