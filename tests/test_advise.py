@@ -145,3 +145,30 @@ def test_cli_prints_the_measurements_and_writes_a_ready_config(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "pad_features" in result.output and "recommended: domain adaptation" in result.output
     assert validate_config(yaml.safe_load(out.read_text())).method.name == "mcc"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tasks": [{"name": "t0", "kind": "regression"}]}, "classification task"),
+        ({"source": "target", "target": "target"}, "is the target too"),
+        ({"source": "target", "target": "source"}, "is not labeled"),
+        ({"target_dim": 12}, "shape"),
+    ],
+)
+def test_bad_advice_requests_get_one_clear_error(change: dict[str, Any], message: str) -> None:
+    target = shifted(0.3)
+    if "target_dim" in change:
+        target = {"dataset": {**SYN, "dim": change["target_dim"], "domain": 1}, "labeled": False}
+    data = experiment({"source": {"dataset": SYN}, "target": target}).model_dump(mode="json")
+    if "tasks" in change:
+        data["tasks"] = change["tasks"]
+    with pytest.raises(ct.CrosstaskError, match=message):
+        advise(validate_config(data), source=change.get("source"), target=change.get("target"))
+
+
+def test_an_architecture_without_one_shared_representation_is_advised_on_its_inputs() -> None:
+    data = experiment({"source": {"dataset": SYN}, "target": shifted(2.0)}).model_dump(mode="json")
+    data["model"]["architecture"] = {"name": "cross_stitch"}
+    advice = advise(validate_config(data))
+    assert "pad_features" not in advice.measurements and advice.measurements["shift_level"] == "strong"

@@ -166,3 +166,51 @@ def test_a_resumed_run_averages_its_measurements_over_the_whole_training(tmp_pat
         assert a["cosine"]["measurements"] == b["cosine"]["measurements"] == 4
         for part in ("mean", "std"):
             assert torch.allclose(torch.tensor(a["cosine"][part]), torch.tensor(b["cosine"][part]), atol=1e-6)
+
+
+def test_a_monitor_listed_twice_is_a_config_error(tmp_path: Path) -> None:
+    from crosstask.config import validate_config
+    from crosstask.errors import ConfigError
+
+    config = tiny_config(tmp_path)
+    config["train"]["monitors"] = ["task_affinity", {"name": "task_affinity", "every": 3}]
+    with pytest.raises(ConfigError, match="listed once"):
+        validate_config(config)
+
+
+def test_readers_get_the_objectives_own_gradients_under_a_prescaling_weighting(tmp_path: Path) -> None:
+    """GradNorm multiplies the objectives by its weights before the Jacobian; readers get them undone."""
+    from crosstask.engine.events import Callback
+
+    seen = []
+
+    class Reader(Callback):
+        def wants_gradients(self, trainer):  # type: ignore[no-untyped-def]
+            return "parameters"
+
+        def on_after_gradients(self, trainer, gradients):  # type: ignore[no-untyped-def]
+            output = trainer.method.training_step(trainer.batch)
+            exact = [
+                torch.cat(
+                    [
+                        g.reshape(-1)
+                        for g in torch.autograd.grad(
+                            output.objectives[n],
+                            gradients.parameters,
+                            retain_graph=True,
+                            allow_unused=True,
+                            materialize_grads=True,
+                        )
+                    ]
+                )
+                for n in gradients.names
+            ]
+            seen.append((gradients.parameter_jacobian, torch.stack(exact)))
+
+    config = tiny_config(tmp_path)
+    config["model"]["backbone"] = {"name": "mlp", "hidden": [16]}
+    config["weighting"] = {"name": "gradnorm"}
+    config["train"].update(steps=4, eval_every=None)
+    run(config, callbacks=[Reader()])
+    for reported, exact in seen[1:]:  # from the second step the weights differ from 1
+        assert torch.allclose(reported, exact, atol=1e-5)

@@ -88,3 +88,17 @@ def test_cli_without_baselines_says_how_to_get_them(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["negative-transfer", *map(str, runs)])
     assert result.exit_code != 0
     assert "--baselines" in str(result.exception)
+
+
+def test_a_run_given_twice_or_a_bad_level_or_a_nan_is_handled(tmp_path: Path) -> None:
+    from crosstask.analysis.negative_transfer import NOT_COMPARABLE, multitask_verdicts
+
+    runs = [
+        fake_run(tmp_path / f"r{s}", {"x/a/accuracy": 90.0 + s}, {"x/a/accuracy": 80.0 + s}) for s in range(2)
+    ]
+    with pytest.raises(RunError, match="given twice"):
+        multitask_verdicts([runs[0], runs[1], runs[0]])
+    with pytest.raises(RunError, match="between 0 and 1"):
+        multitask_verdicts(runs, alpha=2.0)
+    found = verdicts([{"d/t/accuracy": float("nan")}, {"d/t/accuracy": 1.0}], [{"d/t/accuracy": 1.0}] * 2)
+    assert found[0].verdict == NOT_COMPARABLE

@@ -33,7 +33,7 @@ def write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
             f"cannot write the {what} {path}: {exc.strerror or exc}; choose another path"
         ) from None
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
     except BaseException as exc:

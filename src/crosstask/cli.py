@@ -504,6 +504,8 @@ def advise(
     console.print(f"recommended: {advice.family}, method '{advice.method}'", highlight=False)
     console.print(f"why: {advice.reason}", highlight=False, soft_wrap=True)
     path = output or Path(f"{advice.config['name']}.yaml")
+    if output is None and path.exists():
+        raise RunError(f"{path} exists; choose where to write the recommended config with --output")
     from crosstask.checkpoint import write_text
 
     write_text(path, yaml.safe_dump(advice.config, sort_keys=False), "config")

@@ -195,6 +195,17 @@ class TrainConfig(StrictModel):
         description="diagnostics read from the steps (crosstask list monitor): gradient_conflict, task_affinity",
     )
 
+    @field_validator("monitors")
+    @classmethod
+    def _one_monitor_each(cls, value: list[Any]) -> list[Any]:
+        names = [m.name for m in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"a monitor may be listed once (each writes diagnostics/<name>.json); twice: {twice}"
+            )
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:

@@ -59,19 +59,24 @@ def advise(experiment: Any, *, source: str | None = None, target: str | None = N
     from crosstask.analysis.domain_distance import proxy_a_distance
     from crosstask.analysis.interpret import collect
     from crosstask.analysis.transferability import transferability
-    from crosstask.experiment import build_domains, build_model, seed_everything
+    from crosstask.experiment import build_domains, build_model
+    from crosstask.experiment.build import check_inputs
     from crosstask.models.model import infer_input_shape
 
-    seed_everything(seed)
     domains = build_domains(experiment, "train")
     labeled = [n for n, d in domains.items() if d.labeled]
     unlabeled = [n for n, d in domains.items() if not d.labeled]
     target = target or (unlabeled[0] if unlabeled else _named_target(domains))
     if target is not None and target not in domains:
         raise ConfigError(f"--target: no training domain '{target}'; data.train has {', '.join(domains)}")
-    sources = [source] if source else [n for n in labeled if n != target]
     if source and source not in domains:
         raise ConfigError(f"--source: no training domain '{source}'; data.train has {', '.join(domains)}")
+    if source and (source == target or not domains[source].labeled):
+        why = "is the target too" if source == target else "is not labeled (labeled: false)"
+        raise ConfigError(
+            f"--source: domain '{source}' {why}; the source must be a labeled domain other than the target"
+        )
+    sources = [source] if source else [n for n in labeled if n != target]
     if not sources:
         raise ConfigError("advice needs at least one labeled source domain in data.train (labeled: true)")
     tasks = [t.name for t in experiment.tasks]
@@ -102,35 +107,49 @@ def advise(experiment: Any, *, source: str | None = None, target: str | None = N
             "(an unlabeled domain in data.train, or --target)"
         )
 
+    task = next((t for t in experiment.tasks if t.kind == "classification"), None)
+    if task is None:
+        raise ConfigError(
+            "advice reads a classification task (label counts, LogME); this experiment has none"
+        )
     source_domain, target_domain = domains[sources[0]], domains[target]
-    model = build_model(experiment.model, experiment.tasks, infer_input_shape(source_domain.dataset))
+    for domain in (source_domain, target_domain):
+        if len(domain.dataset) < 10:
+            raise ConfigError(
+                f"domain '{domain.name}' has {len(domain.dataset)} samples; advice needs at least 10"
+            )
+    with torch.random.fork_rng():  # the starting model's initialization, without touching the caller's state
+        torch.manual_seed(seed)
+        model = build_model(experiment.model, experiment.tasks, infer_input_shape(source_domain.dataset))
+    check_inputs(model, {}, {d.name: d for d in (source_domain, target_domain)})
     model.eval()
     src = collect(model, source_domain, limit=SAMPLES)
     tgt = collect(model, target_domain, limit=SAMPLES, labeled=target_domain.labeled)
-    task = next(t for t in experiment.tasks if t.kind == "classification") if experiment.tasks else None
-    if task is None:
-        raise ConfigError("advice reads a classification task; this experiment has none")
     raw_s, raw_t = _raw(source_domain), _raw(target_domain)
-    measured["pad_features"] = proxy_a_distance(src.features.numpy(), tgt.features.numpy(), seed=seed)
+    if src.features is not None and tgt.features is not None:
+        measured["pad_features"] = proxy_a_distance(src.features.numpy(), tgt.features.numpy(), seed=seed)
     measured["pad_inputs"] = proxy_a_distance(raw_s, raw_t, seed=seed)
     measured["source_labels_per_class"] = _per_class(src.labels.get(task.name), task.num_classes)
     target_labels = tgt.labels.get(task.name) if target_domain.labeled else None
     measured["target_labels_per_class"] = (
         _per_class(target_labels, task.num_classes) if target_labels is not None else 0
     )
-    scored_on = (tgt, target_labels) if target_labels is not None else (src, src.labels.get(task.name))
-    if scored_on[1] is not None and len(torch.unique(scored_on[1])) > 1:
-        measured["logme"] = transferability("logme", features=scored_on[0].features, labels=scored_on[1])[
-            "logme"
-        ]
-        measured["logme_on"] = "target" if target_labels is not None else "source"
+    seen, labels = (tgt, target_labels) if target_labels is not None else (src, src.labels.get(task.name))
+    if seen.features is not None and labels is not None:
+        known = labels >= 0  # missing labels (-1) are no class
+        if len(torch.unique(labels[known])) > 1:
+            measured["logme"] = transferability("logme", features=seen.features[known], labels=labels[known])[
+                "logme"
+            ]
+            measured["logme_on"] = "target" if target_labels is not None else "source"
     pretrained = bool(getattr(experiment.model.backbone, "weights", None))
-    shift = measured["pad_features"] if pretrained else max(measured["pad_features"], measured["pad_inputs"])
+    distances = [measured[k] for k in ("pad_features", "pad_inputs") if k in measured]
+    shift = measured.get("pad_features", measured["pad_inputs"]) if pretrained else max(distances)
     measured["shift"] = shift
     level = "small" if shift < SMALL_SHIFT else "strong" if shift >= STRONG_SHIFT else "moderate"
     measured["shift_level"] = level
     where = f"proxy A-distance {shift:.2f} between '{sources[0]}' and '{target}' ({level} shift)"
-    images = isinstance(raw_s, np.ndarray) and _is_image(source_domain)
+    images = _is_image(source_domain)
 
     if target_labels is not None:
         per_class = measured["target_labels_per_class"]

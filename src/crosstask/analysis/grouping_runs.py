@@ -11,7 +11,9 @@ Layout of the run directory it uses (the joint run's)::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from crosstask.checkpoint import write_text
 from crosstask.errors import ConfigError, RunError
 
 KINDS = ("lookahead", "cosine")
+log = logging.getLogger(__name__)
 
 
 def read_affinity(
@@ -35,11 +38,21 @@ def read_affinity(
     path = Path(run_dir) / "diagnostics" / "task_affinity.json"
     if not path.is_file():
         raise RunError(
-            f"{run_dir} has no measured task affinity ({path} is missing): run the experiment with "
-            "train.monitors: [task_affinity], or give `crosstask group` the config instead"
+            f"{run_dir} has no measured task affinity ({path} is missing): the run had no task_affinity monitor, "
+            "or it measured nothing (its every larger than the steps, or fewer than two objectives). Run the "
+            "experiment with train.monitors: [task_affinity], or give `crosstask group` the config instead"
         )
-    report = json.loads(path.read_text())
-    return list(report["names"]), np.asarray(report[kind]["mean"]), np.asarray(report[kind]["std"])
+    try:
+        report = json.loads(path.read_text())
+        matrices = [
+            np.asarray([[np.nan if v is None else v for v in row] for row in report[kind][part]], dtype=float)
+            for part in ("mean", "std")
+        ]
+        return list(report["names"]), matrices[0], matrices[1]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(
+            f"{path} is not a task-affinity report ({type(exc).__name__}: {exc}); measure it again"
+        ) from None
 
 
 def with_affinity_monitor(data: dict[str, Any], every: int | None = None) -> dict[str, Any]:
@@ -49,9 +62,13 @@ def with_affinity_monitor(data: dict[str, Any], every: int | None = None) -> dic
     data["train"] = train
     monitors = list(train.get("monitors") or [])
     names = [m if isinstance(m, str) else m.get("name") for m in monitors]
+    steps = int(train.get("steps", 1000))
+    if every is not None and not 1 <= every <= steps:
+        raise ConfigError(f"--every {every}: measure between every step and once in the run's {steps} steps")
     if "task_affinity" not in names:
-        steps = int(train.get("steps", 1000))
         monitors.append({"name": "task_affinity", "every": every or max(1, steps // 50)})
+    elif every is not None:
+        log.warning("the config already has a task_affinity monitor: --every %d is not used", every)
     train["monitors"] = monitors
     return data
 
@@ -77,8 +94,10 @@ def group_tasks(
         raise ConfigError(f"the budget is a number of models, at least 1; got {budget}")
     source = Path(source)
     if source.is_dir():
-        if overrides:
-            raise ConfigError("overrides apply to a config file, not to an existing run directory")
+        if overrides or every is not None:
+            raise ConfigError(
+                "overrides and --every apply to a config file, not to an existing run directory"
+            )
         run_dir = source
         experiment = load_config(run_dir / "config.yaml")
         summary = _summary(run_dir)
@@ -119,6 +138,12 @@ def group_tasks(
     return report
 
 
+def group_directory(group: list[str]) -> str:
+    """A group's run directory name: its tasks, and a short hash of them (task names may hold '-')."""
+    digest = hashlib.sha256("\0".join(group).encode()).hexdigest()[:8]
+    return f"{'-'.join(group)}.{digest}"
+
+
 def _summary(run_dir: Path) -> dict[str, Any]:
     from crosstask.analysis.negative_transfer import read_summary
 
@@ -151,7 +176,7 @@ def _train_groups(
         if len(group) == len(experiment.tasks):
             grouped.update(summary.get("final") or {})
             continue
-        directory = run_dir / "groups" / "-".join(group)
+        directory = run_dir / "groups" / group_directory(group)
         result = run(
             tasks_config(experiment, group),
             run_dir=directory,

@@ -138,6 +138,10 @@ def embed(
     elif method == "tsne":
         from sklearn.manifold import TSNE
 
+        if len(joined) < 5:
+            raise ConfigError(
+                f"t-SNE needs at least 5 points, got {len(joined)}; use more samples or method pca"
+            )
         perplexity = min(perplexity, max(1.0, (len(joined) - 1) / 3))
         coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
             joined
@@ -241,11 +245,17 @@ def interpret_run(
 
     from crosstask.checkpoint import write_text
     from crosstask.experiment import build_domains, load_run
+    from crosstask.experiment.build import check_inputs
 
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1 sample per domain, got {limit}")
+    if attributions < 0:
+        raise ConfigError(f"--attributions must be 0 (none) or more, got {attributions}")
     experiment, model = load_run(run_dir, checkpoint)
     domains = list(build_domains(experiment, "eval").values())
     if not domains:
         raise ConfigError(f"{run_dir}: its config defines no data.eval domains to interpret on")
+    check_inputs(model, {}, {d.name: d for d in domains})
     collected = domain_features(model, domains, limit=limit)
     report: dict = {"run_dir": str(run_dir), "checkpoint": checkpoint, "samples_per_domain": limit}
     accuracy = {
@@ -257,13 +267,25 @@ def interpret_run(
     report["per_class_accuracy"] = accuracy
     if against is not None:
         _, reference = load_run(against, checkpoint)
+        try:
+            check_inputs(reference, {}, {d.name: d for d in domains})
+        except DataError as exc:
+            raise ConfigError(
+                f"--against {against}: its model does not take {run_dir}'s data: {exc}"
+            ) from None
         before = domain_features(reference, domains, limit=limit)
+        comparable = {
+            t.name
+            for t in reference.tasks
+            if t.kind == "classification"
+            and any(u.name == t.name and u.num_classes == t.num_classes for u in model.tasks)
+        }
         report["against"] = str(against)
         report["per_class_change"] = {  # the tasks both models have
             d: {
                 t: per_class_change(per_class_accuracy(before[d].outputs[t], before[d].labels[t]), classes)
                 for t, classes in tasks.items()
-                if t in before[d].outputs and t in before[d].labels
+                if t in comparable and t in before[d].labels
             }
             for d, tasks in accuracy.items()
         }
@@ -274,8 +296,8 @@ def interpret_run(
     if model.gates():
         report["gate_usage"] = {d.name: gate_usage(model, d) for d in domains}
     first = domains[0]
-    x, _ = next(iterate_batches(first.dataset, attributions))
-    if isinstance(x, Tensor) and x.dim() >= 3:  # images: attributions per task head
+    x, _ = next(iterate_batches(first.dataset, max(attributions, 1)))
+    if attributions and isinstance(x, Tensor) and x.dim() >= 3:  # images: attributions per task head
         device = next(model.parameters()).device
         x = x.to(device)
         report["attributions"] = {

@@ -6,7 +6,8 @@ source-only), over seeds, oriented so that a positive gain is better. Welch's t-
 gives the 95 % confidence interval of the gain (Welch–Satterthwaite degrees of freedom) and the p-value;
 the verdict is *positive transfer* when the interval lies above 0, *negative transfer* when it lies below
 0, *no evidence* otherwise (equivalently p < 0.05 on the two-sided test). With fewer than 2 runs on a side
-there is no test (a verdict needs ≥ 3 seeds to mean much; the report says how many it had).
+a significance test is refused (a verdict needs ≥ 3 seeds to mean much; the report says how many it had).
+A run given twice is refused: copies of one run are not independent seeds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from crosstask.errors import RunError
 from crosstask.registry import METRICS
 
 POSITIVE, NEGATIVE, NO_EVIDENCE = "positive transfer", "negative transfer", "no evidence"
+NOT_COMPARABLE = "not comparable"  # a NaN or infinite value on a side
 
 
 @dataclass
@@ -83,6 +85,10 @@ def verdicts(
         raise RunError(
             "negative transfer: no runs to compare (give the runs under test and their references)"
         )
+    if not 0 < alpha < 1:
+        raise RunError(
+            f"the significance level must lie between 0 and 1 (0.05 for 95 % intervals), got {alpha}"
+        )
     keys = sorted(set.intersection(*(set(m) for m in (*treated, *reference))))
     keys = [k for k in keys if k.count("/") == 2 and k.rsplit("/", 1)[-1] in METRICS]
     if not keys:
@@ -92,6 +98,10 @@ def verdicts(
         sign = 1.0 if METRICS.get(key.rsplit("/", 1)[-1]).obj.higher_is_better else -1.0
         a = [float(m[key]) for m in treated]
         b = [float(m[key]) for m in reference]
+        if not all(math.isfinite(v) for v in (*a, *b)):
+            nan = float("nan")
+            out.append(Verdict(key, a, b, nan, nan, nan, nan, NOT_COMPARABLE))
+            continue
         diff, low, high, p = welch_test(a, b, 1 - alpha)
         gain, low, high = sign * diff, *sorted((sign * low, sign * high))
         verdict = POSITIVE if low > 0 else NEGATIVE if high < 0 else NO_EVIDENCE
@@ -122,15 +132,29 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"cannot read {path}: {exc}") from None
-    if summary.get("status") not in ("completed", "stopped_early"):
-        raise RunError(f"{run_dir} did not finish (status {summary.get('status')!r}); resume it first")
+    status = summary.get("status")
+    if status in ("failed", "diverged"):
+        raise RunError(f"{run_dir} {status}: it has no results to compare; fix the cause and train it again")
+    if status not in ("completed", "stopped_early"):
+        raise RunError(f"{run_dir} did not finish (status {status!r}); resume it first")
     return summary
+
+
+def distinct(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """The run directories, refusing one given twice (copies of a run are not independent seeds)."""
+    seen: dict[Path, str | Path] = {}
+    for d in run_dirs:
+        resolved = Path(d).resolve()
+        if resolved in seen:
+            raise RunError(f"{d} is given twice (as {seen[resolved]}): each run must be a separate seed")
+        seen[resolved] = d
+    return [Path(d) for d in run_dirs]
 
 
 def multitask_verdicts(run_dirs: Sequence[str | Path], alpha: float = 0.05) -> list[Verdict]:
     """Each task of multi-task runs (one per seed, made with ``--baselines``) against its single-task
     baselines."""
-    pairs = [baseline_metrics(d) for d in run_dirs]
+    pairs = [baseline_metrics(d) for d in distinct(run_dirs)]
     return verdicts([p[0] for p in pairs], [p[1] for p in pairs], alpha=alpha)
 
 
@@ -139,4 +163,6 @@ def transfer_verdicts(
 ) -> list[Verdict]:
     """Runs of one method (an adaptation, say) against runs of a reference (target-only where target labels
     exist, source-only where they do not), per evaluation domain, task and metric."""
-    return verdicts([final_metrics(d) for d in run_dirs], [final_metrics(d) for d in against], alpha=alpha)
+    runs = distinct([*run_dirs, *against])
+    treated, reference = runs[: len(run_dirs)], runs[len(run_dirs) :]
+    return verdicts([final_metrics(d) for d in treated], [final_metrics(d) for d in reference], alpha=alpha)

@@ -58,7 +58,8 @@ class StepGradients:
     (``parameters``, the trainable shared parameters, flattened in order); ``reason`` why the parameters were
     used when the representation was asked for. ``parameter_jacobian`` is the Jacobian on ``parameters``
     whenever it is known: when ``space`` is ``"parameters"``, or when a reader asked for it (a lookahead step
-    on one objective needs it).
+    on one objective needs it). Both are the objectives' own gradients, also under a weighting that prescales
+    the objectives (GradNorm, IMTL's hybrid) before taking them.
     """
 
     names: list[str]
@@ -166,6 +167,11 @@ class GradientEngine:
             jacobian = _parameter_jacobian(losses, shared, others)
             record.parameter_jacobian = jacobian
         record.space, record.jacobian, record.reason = space, jacobian, reason
+        if scale is not None:  # readers get the objectives' own gradients, not the prescaled ones
+            unscale = scale.to(jacobian).clamp_min(1e-12).unsqueeze(1)
+            record.jacobian = jacobian / unscale
+            if record.parameter_jacobian is not None:
+                record.parameter_jacobian = record.parameter_jacobian / unscale
 
         if not gradient_weighting:
             self._plain_backward(losses, penalty, context, record, scale)

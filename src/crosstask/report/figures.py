@@ -104,7 +104,7 @@ def gradient_conflict(run: RunData) -> Any:
     _lines(left, series, "gradient conflict over training", "value")
     _heatmap(
         right,
-        np.asarray(report["cosine"]["mean"]),
+        _matrix(report["cosine"]["mean"]),
         report["names"],
         "mean gradient cosine",
         "cosine",
@@ -113,10 +113,16 @@ def gradient_conflict(run: RunData) -> Any:
     return fig
 
 
+def _matrix(values: Any) -> np.ndarray:
+    """A saved matrix as floats (a value saved as null, non-finite when measured, becomes NaN)."""
+    return np.asarray([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+
+
 def _heatmap(
     ax: Any, matrix: np.ndarray, names: list[str], title: str, label: str, symmetric: bool = False
 ) -> None:
-    limit = float(np.abs(matrix).max()) or 1.0
+    finite = np.abs(matrix[np.isfinite(matrix)])
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     image = ax.imshow(
         matrix, cmap="RdBu_r", vmin=-limit if symmetric else None, vmax=limit if symmetric else None
     )
@@ -147,7 +153,7 @@ def task_affinity(run: RunData) -> Any:
     if not report:
         return None
     fig, (left, right) = _figure(2)
-    lookahead = np.asarray(report["lookahead"]["mean"])
+    lookahead = _matrix(report["lookahead"]["mean"])
     off = lookahead - np.diag(np.diag(lookahead))
     _heatmap(
         left,
@@ -159,7 +165,7 @@ def task_affinity(run: RunData) -> Any:
     )
     _heatmap(
         right,
-        np.asarray(report["cosine"]["mean"]),
+        _matrix(report["cosine"]["mean"]),
         report["names"],
         "gradient cosine on the parameters",
         "cosine",

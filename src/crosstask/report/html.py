@@ -42,7 +42,7 @@ CAPTIONS = {
     "embeddings": "Joint 2-D embedding of the domains' shared features (crosstask interpret).",
     "per_class": "Per-class accuracy, or its change from the --against run (crosstask interpret).",
     "attributions": "Integrated-gradients attributions per task head (crosstask interpret).",
-    "confusion": "Confusion matrices of the final checkpoint on the evaluation domains.",
+    "confusion": "Confusion matrices on the evaluation domains (the best checkpoint, else the last).",
 }
 
 
@@ -195,13 +195,17 @@ def _comparison_body(runs: Sequence[RunData], pictures: Path) -> str:
     ]
     for index, metric in enumerate([k for k in keys if k.count("/") == 2][:3]):
         parts.append(_figure_html(f"curves_{index}", figures.compare_curves(runs, metric), pictures))
-    if len(runs) >= 2 and all("baselines" in r.summary for r in runs):
+    finished = [r for r in runs if r.summary.get("status") in ("completed", "stopped_early")]
+    seeds = [r for r in finished if "baselines" in r.summary]
+    if len(seeds) >= 2:
         from crosstask.analysis.negative_transfer import multitask_verdicts
 
-        verdicts = multitask_verdicts([r.path for r in runs])
+        left_out = [r.name for r in runs if r not in seeds]
+        note = f" ({', '.join(left_out)} left out: unfinished or without baselines)" if left_out else ""
         parts += [
-            "<h2>negative transfer (the runs as seeds, against their single-task baselines)</h2>",
-            _verdict_table(verdicts),
+            "<h2>negative transfer (the runs as seeds, against their single-task baselines)</h2>"
+            f"<p class='meta'>{len(seeds)} runs{html.escape(note)}</p>",
+            _verdict_table(multitask_verdicts([r.path for r in seeds])),
         ]
     return "".join(parts)
 
