@@ -53,7 +53,7 @@ from torch import Tensor
 import crosstask as ct
 import crosstask.weighting
 from benchmarks.anchors import mtl as anchors
-from benchmarks.records import RESULTS, Record
+from benchmarks.records import RESULTS, Record, revision_label, suite_revision
 from crosstask.config import component, validate_component
 from crosstask.engine.gradients import GradientEngine
 from crosstask.engine.optim import build_optimizer
@@ -440,7 +440,8 @@ def scaling_markdown(
     lines = [
         "# Cost of loss balancing as the number of tasks grows" + (" (quick run)" if quick else ""),
         "",
-        f"Written by `python -m benchmarks.run mtl_speed` ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} "
+        f"Written by `python -m benchmarks.run mtl_speed` ({time.strftime('%Y-%m-%d')}, code "
+        f"{revision_label(suite_revision())}, {torch.get_num_threads()} "
         f"torch thread(s), torch {torch.__version__}; 1-minute load average before -> after each setup: "
         + ", ".join(f"{n} {a:.1f} -> {b:.1f}" for n, a, b in loads)
         + "). Time per training step (forward, losses, balancing, SGD "

@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.records import RESULTS, Record
+from benchmarks.records import RESULTS, Record, revision_label, suite_revision
 from crosstask.data.datasets.base import load_dataset
 from crosstask.shallow import build_adapter
 from crosstask.shallow.base import SampleWeightIgnored
@@ -163,7 +163,8 @@ def pairs_markdown(
     lines = [
         "# Office-Caltech10 SURF: target accuracy % per pair",
         "",
-        f"Written by `python -m benchmarks.run office_caltech` ({time.strftime('%Y-%m-%d')}, seed(s) {seeds}). "
+        f"Written by `python -m benchmarks.run office_caltech` ({time.strftime('%Y-%m-%d')}, code "
+        f"{revision_label(suite_revision())}, seed(s) {seeds}). "
         "Adapter defaults = each paper's setting, one setting for all pairs (see benchmarks/suites/"
         "office_caltech.py); `1nn` = 1-nearest-neighbour, `logreg` = LogisticRegression(C=1). Rows "
         "`published` are the numbers of benchmarks/published.yaml for the method above them.",
