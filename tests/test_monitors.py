@@ -13,7 +13,7 @@ import torch
 from crosstask.analysis.monitors.base import RunningMatrix, cosine_matrix
 from crosstask.analysis.monitors.gradient_conflict import conflict_statistics
 from crosstask.experiment import run
-from crosstask.registry import MONITORS
+from crosstask.registry import MONITORS, WEIGHTINGS
 from tests.conftest import tiny_config
 from tests.test_gradient_engine import CASES, experiment
 
@@ -123,10 +123,15 @@ def test_the_lookahead_affinity_is_the_change_of_each_loss_after_a_step_on_anoth
 @pytest.mark.parametrize("case", CASES)
 def test_every_monitor_runs_on_every_method(case: str, tmp_path: Path) -> None:
     """Every method's run with every monitor: finite reports over its objectives when it has two or more."""
+    plain = run({**experiment(case, {"name": "static"}, tmp_path), "name": "plain"})
     config = with_monitors(experiment(case, {"name": "static"}, tmp_path))
     config["train"]["log_every"] = 1
     result = run(config)
     assert result.summary["status"] == "completed"
+    for (name, a), b in zip(
+        plain.model.state_dict().items(), result.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), f"{case}: the monitors changed {name}"
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_line = next(r for r in lines if r["phase"] == "train")
     objectives = [k for k in train_line if k.startswith("loss/")]
@@ -214,3 +219,19 @@ def test_readers_get_the_objectives_own_gradients_under_a_prescaling_weighting(t
     run(config, callbacks=[Reader()])
     for reported, exact in seen[1:]:  # from the second step the weights differ from 1
         assert torch.allclose(reported, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS.names())
+def test_every_monitor_leaves_every_weighting_unchanged(weighting: str, tmp_path: Path) -> None:
+    """Monitors on a two-task run under each weighting: the same weights as without them, and a report."""
+    config = tiny_config(tmp_path)
+    config["model"]["backbone"] = {"name": "mlp", "hidden": [16], "dropout": 0.1}
+    config["weighting"] = {"name": weighting}
+    config["train"].update(steps=4, eval_every=None)
+    plain = run({**config, "name": "plain"})
+    monitored = run(with_monitors({**config, "name": "monitored"}, every=2))
+    for (name, a), b in zip(
+        plain.model.state_dict().items(), monitored.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), f"{weighting}: the monitors changed {name}"
+    assert {p.stem for p in (monitored.run_dir / "diagnostics").glob("*.json")} == set(MONITORS.names())

@@ -273,3 +273,12 @@ def test_h_score_shrinkage_interpolates_towards_zero() -> None:
     assert values[-1] == 0.0 and values == sorted(values, reverse=True)
     auto = transferability("h_score", features, labels, shrinkage="auto")["h_score"]
     assert 0 < auto <= values[0]
+
+
+def test_logme_stays_finite_when_a_feature_is_a_class_indicator() -> None:
+    """β → ∞ (a perfect fit) and rank-deficient features (α → 0) are bounded, not an overflow."""
+    labels = np.random.default_rng(0).integers(0, 2, 50)
+    perfect = np.c_[labels, labels].astype(float)
+    noisy = np.random.default_rng(1).normal(size=(50, 2))
+    scores = [transferability("logme", features=f, labels=labels)["logme"] for f in (perfect, noisy)]
+    assert all(np.isfinite(scores)) and scores[0] > scores[1]

@@ -247,7 +247,7 @@ def _is_image(domain: Any) -> bool:
     from crosstask.data.streams import iterate_batches
 
     x, _ = next(iterate_batches(domain.dataset, 1))
-    return isinstance(x, torch.Tensor) and x.dim() >= 4
+    return isinstance(x, torch.Tensor) and x.dim() >= 3  # a batch of images (as interpret tells them)
 
 
 def _per_class(labels: torch.Tensor | None, classes: int) -> int:

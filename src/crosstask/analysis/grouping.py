@@ -39,9 +39,13 @@ def _check(affinity: np.ndarray, budget: int) -> np.ndarray:
         raise ConfigError(f"an affinity matrix must be square and non-empty, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ConfigError("the affinity matrix holds NaN or infinite values; measure it again")
+    check_budget(budget)
+    return matrix
+
+
+def check_budget(budget: int) -> None:
     if budget < 1:
         raise ConfigError(f"the budget is a number of models, at least 1; got {budget}")
-    return matrix
 
 
 def grouping_score(affinity: np.ndarray, groups: Sequence[Sequence[int]]) -> float:

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from crosstask.analysis.grouping import best_grouping
+from crosstask.analysis.grouping import best_grouping, check_budget
 from crosstask.checkpoint import write_text
+from crosstask.engine.run_dir import RunDir
 from crosstask.errors import ConfigError, RunError
 
 KINDS = ("lookahead", "cosine")
@@ -33,8 +34,7 @@ def read_affinity(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The objectives' names, mean affinity and its standard deviation measured by a run's task_affinity
     monitor."""
-    if kind not in KINDS:
-        raise ConfigError(f"affinity kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    _check_kind(kind)
     path = Path(run_dir) / "diagnostics" / "task_affinity.json"
     if not path.is_file():
         raise RunError(
@@ -55,6 +55,11 @@ def read_affinity(
         ) from None
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"affinity kind must be one of {', '.join(KINDS)}, got '{kind}'")
+
+
 def with_affinity_monitor(data: dict[str, Any], every: int | None = None) -> dict[str, Any]:
     """A config mapping with the task_affinity monitor added (about 50 measurements over the run by
     default), unless it already has one."""
@@ -62,7 +67,9 @@ def with_affinity_monitor(data: dict[str, Any], every: int | None = None) -> dic
     data["train"] = train
     monitors = list(train.get("monitors") or [])
     names = [m if isinstance(m, str) else m.get("name") for m in monitors]
-    steps = int(train.get("steps", 1000))
+    from crosstask.config import TrainConfig
+
+    steps = int(train.get("steps", TrainConfig.model_fields["steps"].default))
     if every is not None and not 1 <= every <= steps:
         raise ConfigError(f"--every {every}: measure between every step and once in the run's {steps} steps")
     if "task_affinity" not in names:
@@ -88,10 +95,8 @@ def group_tasks(
     from crosstask.config import apply_overrides, load_config, read_yaml, validate_config
     from crosstask.experiment import run
 
-    if kind not in KINDS:
-        raise ConfigError(f"affinity kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    if budget < 1:
-        raise ConfigError(f"the budget is a number of models, at least 1; got {budget}")
+    _check_kind(kind)
+    check_budget(budget)  # both before anything trains
     source = Path(source)
     if source.is_dir():
         if overrides or every is not None:
@@ -100,7 +105,7 @@ def group_tasks(
             )
         run_dir = source
         experiment = load_config(run_dir / "config.yaml")
-        summary = _summary(run_dir)
+        summary = RunDir(run_dir).read_summary(finished=True)
     else:
         data = with_affinity_monitor(apply_overrides(read_yaml(source), overrides or []), every)
         experiment = validate_config(data, source=str(source))
@@ -142,12 +147,6 @@ def group_directory(group: list[str]) -> str:
     """A group's run directory name: its tasks, and a short hash of them (task names may hold '-')."""
     digest = hashlib.sha256("\0".join(group).encode()).hexdigest()[:8]
     return f"{'-'.join(group)}.{digest}"
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    from crosstask.analysis.negative_transfer import read_summary
-
-    return read_summary(run_dir)
 
 
 def _train_groups(

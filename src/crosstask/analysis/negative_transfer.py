@@ -12,13 +12,13 @@ A run given twice is refused: copies of one run are not independent seeds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from crosstask.engine.run_dir import RunDir
 from crosstask.errors import RunError
 from crosstask.registry import METRICS
 
@@ -111,7 +111,7 @@ def verdicts(
 
 def baseline_metrics(run_dir: str | Path) -> tuple[dict[str, float], dict[str, float]]:
     """A run made with ``--baselines``: its final metrics and its single-task baselines' final metrics."""
-    summary = read_summary(run_dir)
+    summary = RunDir(run_dir).read_summary(finished=True)
     if "baselines" not in summary:
         raise RunError(
             f"{run_dir} has no single-task baselines; run it with `crosstask run CONFIG --baselines` (or compare "
@@ -121,23 +121,7 @@ def baseline_metrics(run_dir: str | Path) -> tuple[dict[str, float], dict[str, f
 
 
 def final_metrics(run_dir: str | Path) -> dict[str, float]:
-    return dict(read_summary(run_dir).get("final") or {})
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a finished run directory (no summary.json)")
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
-    status = summary.get("status")
-    if status in ("failed", "diverged"):
-        raise RunError(f"{run_dir} {status}: it has no results to compare; fix the cause and train it again")
-    if status not in ("completed", "stopped_early"):
-        raise RunError(f"{run_dir} did not finish (status {status!r}); resume it first")
-    return summary
+    return dict(RunDir(run_dir).read_summary(finished=True).get("final") or {})
 
 
 def distinct(run_dirs: Sequence[str | Path]) -> list[Path]:

@@ -435,11 +435,18 @@ def jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def _add_to_gradients(params: Sequence[nn.Parameter], direction: Tensor) -> None:
-    """Add the flat ``direction`` to the parameters' gradients (adding: gradient accumulation)."""
-    offset = 0
+def unflatten(params: Sequence[Tensor], flat: Tensor) -> list[Tensor]:
+    """A flat vector over ``params`` (a Jacobian row, a direction) cut into one view per parameter, in the
+    parameters' shapes and dtypes."""
+    pieces, offset = [], 0
     for p in params:
         n = p.numel()
-        piece = direction[offset : offset + n].view_as(p).to(p.dtype)
-        p.grad = piece.clone() if p.grad is None else p.grad + piece
+        pieces.append(flat[offset : offset + n].view_as(p).to(p.dtype))
         offset += n
+    return pieces
+
+
+def _add_to_gradients(params: Sequence[nn.Parameter], direction: Tensor) -> None:
+    """Add the flat ``direction`` to the parameters' gradients (adding: gradient accumulation)."""
+    for p, piece in zip(params, unflatten(params, direction), strict=True):
+        p.grad = piece.clone() if p.grad is None else p.grad + piece

@@ -156,10 +156,23 @@ class RunDir:
         """Write JSON atomically (a reader never sees half a file)."""
         write_text(path, json.dumps(data, indent=2, default=str) + "\n", "run file")
 
-    def read_summary(self) -> dict[str, Any]:
+    def read_summary(self, finished: bool = False) -> dict[str, Any]:
+        """The run's summary; ``finished``: refuse a run that did not complete (one message saying whether to
+        resume it or train it again)."""
         if not self.summary.is_file():
             raise RunError(f"{self.path} has no summary.json; did the run finish?")
-        return json.loads(self.summary.read_text())
+        try:
+            summary = json.loads(self.summary.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"cannot read {self.summary}: {exc}") from None
+        status = summary.get("status")
+        if finished and status in ("failed", "diverged"):
+            raise RunError(
+                f"{self.path} {status}: it has no results to use; fix the cause and train it again"
+            )
+        if finished and status not in ("completed", "stopped_early"):
+            raise RunError(f"{self.path} did not finish (status {status!r}); resume it first")
+        return summary
 
     def __str__(self) -> str:
         return str(self.path)

@@ -215,6 +215,7 @@ class Trainer:
             raise
         finally:
             self.progress.close()
+            self.batch = None  # the last batch is not kept alive with the trainer
         return self._end(status, final)
 
     def _end(

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from crosstask.engine.run_dir import RunDir
 from crosstask.errors import RunError
 
 
@@ -33,12 +34,7 @@ class RunData:
 def read_run(path: str | Path) -> RunData:
     """Everything a report shows of the run directory ``path``."""
     path = Path(path)
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        raise RunError(
-            f"{path} is not a run directory with results (no summary.json); run or resume it first"
-        )
-    summary = _json(summary_path)
+    summary = RunDir(path).read_summary()
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
     data = RunData(path, summary, config)
     metrics = path / "metrics.jsonl"

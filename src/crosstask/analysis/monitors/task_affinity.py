@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from crosstask.analysis.monitors.base import Monitor, MonitorConfig, RunningMatrix, cosine_matrix
+from crosstask.engine.gradients import unflatten
 from crosstask.registry import MONITORS
 
 if TYPE_CHECKING:
@@ -115,24 +116,18 @@ def lookahead_affinity(
     before = trainer.objectives_at(batch)
     k = len(names)
     affinity = torch.zeros(k, k, dtype=torch.float64)
-    try:
-        for i in range(k):
-            offset = 0
+    for i in range(k):
+        try:
             with torch.no_grad():
-                for p, rate in zip(parameters, rates, strict=True):
-                    n = p.numel()
-                    p.sub_(rate * jacobian[i, offset : offset + n].view_as(p).to(p.dtype))
-                    offset += n
+                for p, rate, step in zip(parameters, rates, unflatten(parameters, jacobian[i]), strict=True):
+                    p.sub_(rate * step)
             after = trainer.objectives_at(batch)
-            for j, name in enumerate(names):
-                affinity[i, j] = 1.0 - after[name] / before[name] if before[name] > 0 else 0.0
+        finally:
             with torch.no_grad():
                 for p, original in zip(parameters, saved, strict=True):
                     p.copy_(original)
-    finally:
-        with torch.no_grad():
-            for p, original in zip(parameters, saved, strict=True):
-                p.copy_(original)
+        for j, name in enumerate(names):  # a non-positive loss has no relative change: 0
+            affinity[i, j] = 1.0 - after[name] / before[name] if before[name] > 0 else 0.0
     return affinity
 
 

@@ -33,6 +33,8 @@ from crosstask.analysis.transferability.base import TransferabilityScore, Transf
 from crosstask.registry import TRANSFERABILITY, ComponentConfig
 
 TINY = 1e-300  # keeps a perfectly fitted target (zero residual) or an orthogonal one (m = 0) finite
+BOUNDS = (1e-100, 1e100)  # α and β stay inside: a feature equal to a class indicator drives β to infinity and
+# a rank-deficient F lets α go to 0; squares of either must stay finite
 
 
 class LogMEConfig(ComponentConfig):
@@ -71,7 +73,10 @@ class Spectrum:
         if self.dual:
             z2 = (self.vectors.T @ y) ** 2  # p_i = s_i z_i
             return self.sigma * z2, z2
-        return (self.vectors.T @ (self.features.T @ y)) ** 2, None
+        p2 = (self.vectors.T @ (self.features.T @ y)) ** 2
+        # v_iᵀFᵀy is exactly 0 where σ_i = 0; rounding leaves ~1e-30 that the division by (α + βσ_i)² would blow up
+        p2[self.sigma <= self.sigma.max(initial=0.0) * self.d * np.finfo(np.float64).eps] = 0.0
+        return p2, None
 
     def residual(self, p2: np.ndarray, z2: np.ndarray | None, yy: float, alpha: float, beta: float) -> float:
         """``‖F m − y‖²``. For ``n < D`` as ``Σ_i α² z_i² / (α + βσ_i)²`` (the basis is complete), which has
@@ -100,7 +105,7 @@ def log_evidence(spectrum: Spectrum, y: np.ndarray, max_iter: int = 100, tol: fl
         new_alpha = gamma / max(mm, TINY)
         new_beta = (n - gamma) / residual
         converged = abs(new_alpha - alpha) <= tol * abs(alpha) and abs(new_beta - beta) <= tol * abs(beta)
-        alpha, beta = max(new_alpha, TINY), max(new_beta, TINY)
+        alpha, beta = (min(max(value, BOUNDS[0]), BOUNDS[1]) for value in (new_alpha, new_beta))
         if converged:
             break
     return Evidence(evidence(spectrum, p2, z2, yy, alpha, beta) / n, alpha, beta, iterations)
