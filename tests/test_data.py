@@ -130,6 +130,26 @@ def test_usps_reader(data_root: Path) -> None:
 
 
 @pytest.mark.data
+def test_image_shifts_make_a_second_domain_of_usps(data_root: Path) -> None:
+    """rotate 180 equals flipping both axes; invert maps a normalized pixel x to -x; the noise differs between
+    splits and is fixed by shift_seed."""
+    need(data_root, "usps")
+    plain = load_dataset({"name": "usps", "split": "test", "size": 16}, data_root)
+    rotated = load_dataset({"name": "usps", "split": "test", "size": 16, "rotate": 180}, data_root)
+    inverted = load_dataset({"name": "usps", "split": "test", "size": 16, "invert": True}, data_root)
+    torch.testing.assert_close(rotated.x, plain.x.flip(-1, -2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inverted.x, -plain.x)
+    assert torch.equal(rotated.y, plain.y)
+    noisy = {"name": "usps", "size": 16, "noise": 0.1, "limit": 50}
+    train, test = (load_dataset({**noisy, "split": s}, data_root) for s in ("train", "test"))
+    again = load_dataset({**noisy, "split": "test"}, data_root)
+    first = load_dataset({"name": "usps", "size": 16, "limit": 50, "split": "train"}, data_root)
+    second = load_dataset({"name": "usps", "size": 16, "limit": 50, "split": "test"}, data_root)
+    assert torch.equal(test.x, again.x)
+    assert not torch.allclose(train.x - first.x, test.x - second.x)
+
+
+@pytest.mark.data
 def test_mnist1d_reader(data_root: Path) -> None:
     need(data_root, "mnist1d")
     train = load_dataset({"name": "mnist1d"}, data_root)

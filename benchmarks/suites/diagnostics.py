@@ -16,11 +16,14 @@
   lookahead affinity from one joint run, the best partition for a budget of 3; adjusted Rand index against
   the planted groups per seed, and the time to a grouping against training every pair of tasks (the
   pairwise alternative TAG is compared with).
-- **Grouping on real data**: UCI Adult as six binary tasks (``configs/adult_6tasks.yaml``, one seed),
+- **Grouping on real data**: UCI Adult as six binary tasks (``configs/adult_6tasks.yaml``, 3 seeds),
   ``crosstask group --budget 3 --train``: Δm% (against one-per-task, lower is better) of the chosen groups and
-  of all-in-one; the goal is the groups no worse than all-in-one. Left out when the data is not found.
-- **Transferability** (``_transferability_zoo.py``): LogME, LEEP, NCE and H-score of nine digit models
-  against their fine-tuned accuracy on a few-label target: Kendall's τ and weighted τ over the zoo.
+  of all-in-one per seed, and their paired difference with a paired t-test; the goal is the groups no
+  worse than all-in-one. Left out when the data is not found.
+- **Transferability** (``_transferability_zoo.py``): LogME, LEEP, NCE and H-score (plain and shrunk) of
+  nine source models against their fine-tuned accuracy on a few-label target, Kendall's τ and weighted τ
+  over the zoo: MLPs on variants of scikit-learn's digits, and LeNets on variants of MNIST fine-tuned on
+  USPS with 10 labels per class (real data; left out without it).
 - **Domain distance**: proxy A-distance between unrotated and rotated scikit-learn digits (disjoint halves,
   both with a random rotation in ±20° so that angle 0 is not trivially identical) for angles 0-90°: it
   must grow with the angle.
@@ -183,26 +186,49 @@ def grouping_case(output: Path, seed: int) -> dict[str, Any]:
 ADULT = Path(__file__).resolve().parents[2] / "configs" / "adult_6tasks.yaml"
 
 
-def adult_grouping(output: Path) -> list[Record]:
-    """Δm% of the groups ``crosstask group --budget 3 --train`` chooses on Adult's six tasks, and of all-in-one."""
+def adult_grouping(output: Path, seeds: list[int]) -> list[Record]:
+    """Δm% of the groups ``crosstask group --budget 3 --train`` chooses on Adult's six tasks, and of all-in-one,
+    one run of each per seed; the paired difference (grouped − all-in-one) with a paired t-test."""
+    from scipy import stats
+
     from crosstask.analysis.grouping_runs import group_tasks
     from crosstask.errors import CrosstaskError
 
-    try:
-        report = group_tasks(ADULT, 3, [f"output_dir={output / 'adult'}"], train=True)
-    except CrosstaskError as exc:  # no data here: say so instead of a record
-        log.warning("Adult grouping left out: %s", exc)
-        return []
-    groups = " ".join("{" + ", ".join(g) + "}" for g in report["groups"])
+    reports = []
+    for seed in seeds:
+        try:
+            overrides = [f"output_dir={output / 'adult' / str(seed)}", f"seed={seed}"]
+            reports.append(group_tasks(ADULT, 3, overrides, train=True))
+        except CrosstaskError as exc:  # no data here: say so instead of a record
+            log.warning("Adult grouping left out: %s", exc)
+            return []
+        log.info("Adult seed %d: groups %s, Δm %s", seed, reports[-1]["groups"], reports[-1]["delta_m"])
+    values = {option: [r["delta_m"][option] for r in reports] for option in ("all_in_one", "grouped")}
+    differences = [g - a for g, a in zip(values["grouped"], values["all_in_one"], strict=True)]
+    paired = ""
+    if len(seeds) > 1 and len(set(differences)) > 1:
+        paired = f"; paired t-test p {stats.ttest_rel(values['grouped'], values['all_in_one']).pvalue:.3g}"
+    groups = "; ".join(
+        f"seed {seed}: " + " ".join("{" + ", ".join(g) + "}" for g in r["groups"])
+        for seed, r in zip(seeds, reports, strict=True)
+    )
+    notes = {
+        "all_in_one": "per seed " + ", ".join(f"{v:+.3f}" for v in values["all_in_one"]),
+        "grouped": (
+            "per seed "
+            + ", ".join(f"{v:+.3f}" for v in values["grouped"])
+            + f"; grouped − all-in-one {statistics.fmean(differences):+.3f}{paired}; groups {groups}"
+        ),
+    }
     return [
         Record.measured(
             "diagnostics/grouping_adult",
             option,
             "Δm% vs one-per-task (6 tasks, budget 3)",
-            [report["delta_m"][option]],
-            [0],
+            values[option],
+            seeds,
             False,
-            f"groups {groups}" if option == "grouped" else None,
+            notes[option],
         )
         for option in ("all_in_one", "grouped")
     ]
@@ -305,8 +331,9 @@ def run(options: dict) -> list[Record]:
                 f"one joint run with the affinity monitor {statistics.fmean(seconds):.1f} s; 36 pair runs {pairs:.1f} s",
             )
         )
-        records += adult_grouping(output)
-    records += zoo_records(seeds)
+        records += adult_grouping(output, seeds)
+    records += zoo_records(seeds, "digits_zoo")
+    records += zoo_records(seeds, "mnist_usps_zoo")
     by_angle: dict[int, list[float]] = {angle: [] for angle in ANGLES}
     for seed in seeds:
         distances = rotated_digits_distance(seed)

@@ -48,15 +48,16 @@ def read_idx(path: Path) -> np.ndarray:
 
 @DATASETS.register("mnist", config=MNISTConfig)
 def build_mnist(config: MNISTConfig, root: Path) -> dict[str, ArrayDataset]:
-    """MNIST 60000 train / 10000 test from local IDX files; resized and normalized as configured."""
+    """MNIST 60000 train / 10000 test from local IDX files; resized, shifted (rotate, blur, invert, noise) and
+    normalized as configured."""
     splits = {}
-    for split, names in FILES.items():
+    for stream, (split, names) in enumerate(FILES.items()):
         image_path, label_path = find_files(root, "mnist", list(names), "mnist", config.path)
         images, labels = read_idx(image_path), read_idx(label_path)
         if len(images) != len(labels):
             raise DataError(
                 f"mnist: {image_path.name} has {len(images)} images but {label_path.name} {len(labels)} labels"
             )
-        x = prepare_images(torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1), config)
+        x = prepare_images(torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1), config, stream)
         splits[split] = ArrayDataset(x, torch.from_numpy(labels.astype(np.int64)))
     return splits

@@ -26,16 +26,17 @@ class USPSConfig(DatasetConfig, ImageArrayOptions):
 
 @DATASETS.register("usps", config=USPSConfig)
 def build_usps(config: USPSConfig, root: Path) -> dict[str, ArrayDataset]:
-    """USPS (ESL) 7291 train / 2007 test from a local .mat file; upsampled to 28x28 by default."""
+    """USPS (ESL) 7291 train / 2007 test from a local .mat file; upsampled to 28x28 by default, optionally
+    shifted (rotate, blur, invert, noise)."""
     (path,) = find_files(root, "usps", [FILE], "usps", config.path)
     mat = read_mat(path)
     splits = {}
-    for split in ("train", "test"):
+    for stream, split in enumerate(("train", "test")):
         if f"{split}data" not in mat or f"{split}label" not in mat:
             raise DataError(f"{path}: missing '{split}data'/'{split}label'; is this the ESL USPS file?")
         columns = mat[f"{split}data"].astype(np.float32)  # (256, n)
         images = columns.T.reshape(-1, 16, 16).transpose(0, 2, 1)  # MATLAB stores each image column-major
         labels = mat[f"{split}label"].ravel().astype(np.int64) % 10
-        x = prepare_images(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), config)
+        x = prepare_images(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), config, stream)
         splits[split] = ArrayDataset(x, torch.from_numpy(labels))
     return splits
