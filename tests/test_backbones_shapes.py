@@ -19,6 +19,7 @@ from crosstask.registry import BACKBONES
 CASES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "mlp": ((1, 8, 8), (1, 28, 28)),
     "lenet": ((1, 28, 28), (3, 28, 28)),
+    "conv4": ((1, 28, 28), (1, 32, 32)),
     "resnet18": ((1, 28, 28), (3, 28, 28)),
     "resnet34": ((3, 8, 8), (3, 4, 4)),
     "resnet50": ((3, 64, 64), (64,)),

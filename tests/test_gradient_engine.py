@@ -41,6 +41,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "mcd": {"schedule": "simultaneous"},  # both sides move in every step
     "afn": {"entropy": True},
 }
+EPISODES = {"ways": 2, "shots": 2, "queries": 3, "tasks": 2}
 CASES = [*sorted(METHODS.names()), "erm+l2sp", "erm+bss", "erm+two_streams"]
 WEIGHTINGS_TRIED = [
     {"name": "uncertainty"},
@@ -65,6 +66,8 @@ def experiment(case: str, weighting: dict[str, Any], tmp_path: Path) -> dict[str
             train.pop("source")
     elif issubclass(entry, Generalization):
         train = {f"d{i}": {"dataset": {**SYNTHETIC, "domain": i}} for i in range(3)}
+    elif entry.reads_episodes:  # two 2-way episodes per step: two objectives to balance
+        train = {"train": {"dataset": SYNTHETIC, "episodes": EPISODES}}
     else:
         train = {"train": {"dataset": SYNTHETIC}}
     if variant == "l2sp":

@@ -66,6 +66,8 @@ def test_every_method_trains_a_model_that_takes_a_dict(tmp_path: Path, name: str
         streams = {f"d{i}": dict_data(64, i, shift=0.5 * i) for i in range(3)}
     else:
         options["data"] = dict_data(64, 1)
+    if entry.reads_episodes:
+        options["episodes"] = {"ways": 2, "shots": 2, "queries": 3, "tasks": 2}
     method = {"name": name, **OPTIONS.get(name, {})}
     run = lambda: ct.fit(  # noqa: E731
         model,
@@ -81,7 +83,11 @@ def test_every_method_trains_a_model_that_takes_a_dict(tmp_path: Path, name: str
         with pytest.raises(ConfigError, match="dict inputs"):
             run()
         return
-    if name == "mldg":  # an embedding bag has no second derivative: one clear message, then first order
+    if name in (
+        "mldg",
+        "maml",
+        "metasgd",
+    ):  # an embedding bag has no second derivative: one clear message, then first order
         with pytest.raises(ConfigError, match="first_order: true"):
             run()
         method["first_order"] = True

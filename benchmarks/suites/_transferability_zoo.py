@@ -108,6 +108,7 @@ ZOOS: dict[str, Zoo] = {
 
 
 def train_source(zoo: Zoo, name: str, variant: dict[str, Any], output: Path) -> Path:
+    torch.manual_seed(0)  # the initial weights too: fit's seed applies from training on
     model = ct.TransferModel(zoo.backbone, TASK, input_shape=zoo.input_shape)
     result = ct.fit(
         model,

@@ -29,6 +29,8 @@ _EXPORTS = {
     "CrosstaskError": "crosstask.errors",
     "DataError": "crosstask.errors",
     "Domain": "crosstask.data.domains",
+    "EpisodeConfig": "crosstask.data.episodes",
+    "Episodes": "crosstask.data.episodes",
     "Evaluator": "crosstask.evaluation.evaluator",
     "Experiment": "crosstask.config",
     "GradientEngine": "crosstask.engine.gradients",
@@ -59,6 +61,8 @@ __all__ = [
     "CrosstaskError",
     "DataError",
     "Domain",
+    "EpisodeConfig",
+    "Episodes",
     "Evaluator",
     "Experiment",
     "GradientEngine",
@@ -100,6 +104,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from crosstask.config import Experiment, load_config, validate_config
     from crosstask.data.datasets.base import ArrayDataset, load_dataset
     from crosstask.data.domains import Domain
+    from crosstask.data.episodes import EpisodeConfig, Episodes
     from crosstask.data.tasks import Task
     from crosstask.engine.events import Callback
     from crosstask.engine.gradients import GradientEngine

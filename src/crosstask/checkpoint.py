@@ -170,6 +170,11 @@ def read_model_checkpoint(
     return state["model_spec"], state["model"]
 
 
+def read_method_state(path: str | os.PathLike, prefer: str = "best") -> dict[str, Any] | None:
+    """The method's state stored beside the model in a checkpoint (None in checkpoints without one)."""
+    return load_checkpoint(resolve_checkpoint(path, prefer)).get("method")
+
+
 def capture_rng() -> dict[str, Any]:
     """The states of every random generator a training step may use."""
     np_state = np.random.get_state()

@@ -29,6 +29,7 @@ from crosstask.components import (
 )
 from crosstask.components import validate_component as validate_component  # re-exported: part of the API
 from crosstask.components import validate_python as validate_python
+from crosstask.data.episodes import EpisodeConfig
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
 from crosstask.registry import (
@@ -56,6 +57,9 @@ class DomainConfig(StrictModel):
     labeled: bool = True
     tasks: list[str] | None = Field(default=None, description="tasks labeled in this domain (default: all)")
     batch_size: int | None = Field(default=None, ge=1, description="overrides train.batch_size")
+    episodes: EpisodeConfig | None = Field(
+        default=None, description="read this domain as few-shot episodes (meta-learning; episodic evaluation)"
+    )
 
 
 def check_name(name: str, what: str) -> str:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from crosstask.data.episodes import EpisodeConfig
 
 
 @dataclass
@@ -17,6 +21,7 @@ class Domain:
         labeled: whether its labels may be used for training (evaluation sets are always read labeled).
         tasks: the tasks labeled in this domain; ``None`` means every task of the run.
         batch_size: overrides the run's batch size for this stream.
+        episodes: read the domain as few-shot episodes (:mod:`crosstask.data.episodes`).
     """
 
     name: str
@@ -24,3 +29,4 @@ class Domain:
     labeled: bool = True
     tasks: list[str] | None = None
     batch_size: int | None = None
+    episodes: EpisodeConfig | None = None

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from crosstask.data.episodes import EpisodeConfig, Episodes
 from crosstask.data.streams import Batch
 from crosstask.data.tasks import Task
 from crosstask.engine.events import Callback
@@ -53,16 +54,20 @@ class StepOutput:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """What a method knows about a training stream: its name, whether labeled, and its tasks."""
+    """What a method knows about a training stream: its name, whether labeled, its tasks, and whether it is
+    read as few-shot episodes (its episode config)."""
 
     name: str
     labeled: bool
     tasks: tuple[str, ...]
+    episodes: EpisodeConfig | None = None
 
 
 class Method(Callback):
     """Base class of training methods. Subclasses implement :meth:`training_step` and :attr:`objective_names`
     (and :attr:`penalty_names` when they have penalties)."""
+
+    reads_episodes = False  # a meta-learner's streams give Episodes; every other method's give Batches
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         self.config = config
@@ -118,6 +123,12 @@ class Method(Callback):
     def predictor(self) -> Callable[[Any], dict[str, Tensor]] | None:
         """A test-time procedure the evaluator calls instead of ``model(x)`` (test-time adaptation on each
         evaluation batch, say): ``predict(x) -> {task: output}``. ``None``: the plain model."""
+        return None
+
+    def episode_predictor(self) -> Callable[[Episodes], Tensor] | None:
+        """How the method scores few-shot episodes (evaluation domains with ``episodes:``): adapt to each
+        episode's support set and return query logits (episodes, queries, ways). ``None``: the nearest class
+        mean of the model's shared features."""
         return None
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:

@@ -279,7 +279,7 @@ class Trainer:
                 raise ConfigError(
                     f"method '{self.method.name}' cannot back-propagate through this model at step "
                     f"{self.step + 1}: {str(exc).splitlines()[0]}. Methods that differentiate their own "
-                    "gradients (mldg) need second derivatives: set method.first_order: true"
+                    "gradients (mldg, maml, metasgd, anil) need second derivatives: set method.first_order: true"
                 ) from None
             produced = produced or bool(objectives) or bool(penalties)
             self._accumulate_logs(objectives, penalties, gradients, output.logs, accumulate)
@@ -388,7 +388,9 @@ class Trainer:
         if self.evaluator is None and self.validation is None:
             return {}
         metrics = (
-            self.evaluator.evaluate(self.model, self.method.predictor()) if self.evaluator is not None else {}
+            self.evaluator.evaluate(self.model, self.method.predictor(), self.method.episode_predictor())
+            if self.evaluator is not None
+            else {}
         )
         if self.validation is not None:
             scores = self.validation.scores(self.model)
@@ -406,15 +408,7 @@ class Trainer:
                 "step": self.step,
                 "metrics": metrics,
             }
-            save_checkpoint(
-                self.run_dir.best,
-                {
-                    "model": self.model.state_dict(),
-                    "model_spec": self.model.spec(),
-                    "step": self.step,
-                    "metrics": metrics,
-                },
-            )
+            save_checkpoint(self.run_dir.best, self._model_state(metrics))
         if self.stopping is not None:
             value = metrics[self.stopping.metric]
             if _improves(value, self.stop_best, self.stopping.metric, self.stopping.min_delta):
@@ -439,13 +433,19 @@ class Trainer:
                 }
                 save_checkpoint(
                     self.run_dir.path / "checkpoints" / f"best_{validator.name}.pt",
-                    {
-                        "model": self.model.state_dict(),
-                        "model_spec": self.model.spec(),
-                        "step": self.step,
-                        "metrics": metrics,
-                    },
+                    self._model_state(metrics),
                 )
+
+    def _model_state(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """What a picked checkpoint holds: the model, and the method's own modules (what its test-time
+        procedure may need: Meta-SGD's step sizes, say)."""
+        return {
+            "model": self.model.state_dict(),
+            "model_spec": self.model.spec(),
+            "method": self.method.state_dict(),
+            "step": self.step,
+            "metrics": metrics,
+        }
 
     def _should_stop_early(self) -> bool:
         if self.stopping is not None and self.bad_evals >= self.stopping.patience:

@@ -1,4 +1,7 @@
-"""Evaluation per domain and per task: ``{"<domain>/<task>/<metric>": value}``."""
+"""Evaluation per domain and per task: ``{"<domain>/<task>/<metric>": value}``.
+
+A domain read as few-shot episodes (``episodes:``) is scored on episodes instead (mean query accuracy and its
+95 % interval, :mod:`crosstask.evaluation.episodes`), with the method's episode procedure."""
 
 from __future__ import annotations
 
@@ -9,9 +12,16 @@ import torch
 from torch import Tensor
 
 from crosstask.data.domains import Domain
+from crosstask.data.episodes import episode_sampler
 from crosstask.data.inputs import as_inputs, to_device
 from crosstask.data.streams import LabelReader, iterate_batches
 from crosstask.data.tasks import Task
+from crosstask.evaluation.episodes import (
+    EPISODE_METRICS,
+    EpisodePredictor,
+    evaluate_episodes,
+    nearest_prototype,
+)
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import METRICS
 
@@ -31,8 +41,11 @@ class Evaluator:
         bf16: bool = False,
         num_workers: int = 0,
     ):
-        self.domains = dict(domains)
+        self.domains = {name: d for name, d in domains.items() if d.episodes is None}
         self.tasks = {t.name: t for t in tasks}
+        self.episodic = {
+            name: episode_sampler(d, tasks, seed=0) for name, d in domains.items() if d.episodes is not None
+        }
         self.readers = {name: LabelReader(d, tasks, labeled=True) for name, d in self.domains.items()}
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -40,12 +53,13 @@ class Evaluator:
         self.num_workers = num_workers
 
     def metric_keys(self) -> list[str]:
-        return [
+        keys = [
             f"{d}/{t}/{m}"
             for d, r in self.readers.items()
             for t in r.keys
             for m in self.tasks[t].metric_names
         ]
+        return keys + [f"{d}/{task}/{m}" for d, (task, _) in self.episodic.items() for m in EPISODE_METRICS]
 
     @torch.no_grad()
     def predict(
@@ -65,8 +79,14 @@ class Evaluator:
                 targets[task].append(torch.as_tensor(target).cpu())
         return {t: torch.cat(v) for t, v in outputs.items()}, {t: torch.cat(v) for t, v in targets.items()}
 
-    def evaluate(self, model: MultiTaskModel, predictor: Predictor | None = None) -> dict[str, float]:
-        """Every metric of every task on every domain; ``predictor`` as in :meth:`predict`."""
+    def evaluate(
+        self,
+        model: MultiTaskModel,
+        predictor: Predictor | None = None,
+        episode_predictor: EpisodePredictor | None = None,
+    ) -> dict[str, float]:
+        """Every metric of every task on every domain; ``predictor`` as in :meth:`predict`;
+        ``episode_predictor`` scores the episodic domains (default: the nearest prototype of the features)."""
         was_training = model.training
         model.eval()
         try:
@@ -76,6 +96,11 @@ class Evaluator:
                 for task, output in outputs.items():
                     for metric in self.tasks[task].metric_names:
                         metrics[f"{domain}/{task}/{metric}"] = METRICS.get(metric).obj(output, targets[task])
+            for domain, (task, sampler) in self.episodic.items():
+                mean, ci95 = evaluate_episodes(
+                    episode_predictor or nearest_prototype(model), sampler, sampler.count, self.device
+                )
+                metrics[f"{domain}/{task}/accuracy"], metrics[f"{domain}/{task}/accuracy_ci95"] = mean, ci95
             return metrics
         finally:
             model.train(was_training)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from crosstask.checkpoint import read_model_checkpoint
+from crosstask.checkpoint import read_method_state, read_model_checkpoint
 from crosstask.config import (
     Experiment,
     TrainConfig,
@@ -31,6 +31,7 @@ from crosstask.config import (
     validate_python,
 )
 from crosstask.data.domains import Domain
+from crosstask.data.episodes import EpisodeConfig
 from crosstask.data.inputs import as_inputs
 from crosstask.engine.events import Callback
 from crosstask.engine.logging import Progress
@@ -333,19 +334,30 @@ def _differences(a: Any, b: Any, ignore: set[str], prefix: str = "") -> list[tup
 # ----------------------------------------------------------------------------- from Python objects
 
 
-def _as_domain(name: str, value: Dataset | Domain, labeled: bool) -> Domain:
-    """A Domain named ``name`` (a copy: the caller's object is left as it is)."""
+def _as_domain(
+    name: str,
+    value: Dataset | Domain,
+    labeled: bool,
+    episodes: EpisodeConfig | Mapping[str, Any] | None = None,
+) -> Domain:
+    """A Domain named ``name`` (a copy: the caller's object is left as it is); ``episodes`` applies unless
+    the Domain sets its own."""
     try:
         check_name(name, "stream or evaluation set")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if isinstance(value, Domain):
-        return replace(value, name=name)
-    if not isinstance(value, Dataset) and not hasattr(value, "__getitem__"):
+        domain = replace(value, name=name)
+    elif not isinstance(value, Dataset) and not hasattr(value, "__getitem__"):
         raise ConfigError(
             f"{name}= must be a torch Dataset or a crosstask Domain, got {type(value).__name__}"
         )
-    return Domain(name, value, labeled)
+    else:
+        domain = Domain(name, value, labeled)
+    chosen = domain.episodes if domain.episodes is not None else episodes
+    if chosen is not None and not isinstance(chosen, EpisodeConfig):
+        chosen = validate_python(EpisodeConfig, dict(chosen), f"{name}.episodes")
+    return replace(domain, episodes=chosen)
 
 
 def _describe(dataset: Dataset) -> str:
@@ -365,6 +377,8 @@ def fit(
     target: Dataset | Domain | None = None,
     streams: Mapping[str, Dataset | Domain] | None = None,
     eval: Mapping[str, Dataset | Domain] | None = None,
+    episodes: EpisodeConfig | Mapping[str, Any] | None = None,
+    eval_episodes: EpisodeConfig | Mapping[str, Any] | None = None,
     weighting: str | Mapping[str, Any] = "static",
     optim: str | Mapping[str, Any] = "sgd",
     scheduler: str | Mapping[str, Any] = "constant",
@@ -391,6 +405,9 @@ def fit(
             for labeled target data.
         streams: more streams by name, as datasets (labeled) or :class:`Domain` objects.
         eval: evaluation sets by name; each is scored with every task's metrics.
+        episodes, eval_episodes: read the training streams / the evaluation sets as few-shot episodes
+            (meta-learning: ``{"ways": 5, "shots": 1, "queries": 15, "tasks": 4}``, see
+            :class:`crosstask.data.episodes.EpisodeConfig`), unless a :class:`Domain` sets its own.
         weighting, optim, scheduler: by name or config mapping.
         steps, batch_size, **train_options: keys of the ``train:`` config section (``eval_every``, ``bf16``,
             ``grad_clip``, ``accumulate``, ``early_stopping``, ``device``, ...).
@@ -407,16 +424,16 @@ def fit(
         )
     domains: dict[str, Domain] = {}
     if data is not None:
-        domains["train"] = _as_domain("train", data, True)
+        domains["train"] = _as_domain("train", data, True, episodes)
     if source is not None:
-        domains["source"] = _as_domain("source", source, True)
+        domains["source"] = _as_domain("source", source, True, episodes)
     if target is not None:
-        domains["target"] = _as_domain("target", target, False)
+        domains["target"] = _as_domain("target", target, False, episodes)
     for key, value in (streams or {}).items():
-        domains[key] = _as_domain(key, value, True)
+        domains[key] = _as_domain(key, value, True, episodes)
     if not domains:
         raise ConfigError("fit() needs training data: pass data=, source= (and target=), or streams=")
-    eval_domains = {k: _as_domain(k, v, True) for k, v in (eval or {}).items()}
+    eval_domains = {k: _as_domain(k, v, True, eval_episodes) for k, v in (eval or {}).items()}
     train_config = validate_python(
         TrainConfig, {"steps": steps, "batch_size": batch_size, **train_options}, "train"
     )
@@ -438,7 +455,12 @@ def fit(
         "model": model.spec(),
         "data": {
             part: {
-                k: {"dataset": _describe(d.dataset), "labeled": d.labeled, "tasks": d.tasks}
+                k: {
+                    "dataset": _describe(d.dataset),
+                    "labeled": d.labeled,
+                    "tasks": d.tasks,
+                    **({"episodes": d.episodes.model_dump(mode="json")} if d.episodes is not None else {}),
+                }
                 for k, d in ds.items()
             }
             for part, ds in (("train", domains), ("eval", eval_domains))
@@ -525,4 +547,8 @@ def evaluate_run(
     method = METHODS.get(experiment.method.name).obj(
         experiment.method, model, stream_specs(experiment.data.train, model.tasks)
     )
-    return evaluator.evaluate(model, method.predictor())
+    state = read_method_state(directory.path, checkpoint)
+    if state is not None:  # the method's own modules, as trained (Meta-SGD's step sizes)
+        method.load_state_dict(state)
+    method.modules.to(device)
+    return evaluator.evaluate(model, method.predictor(), method.episode_predictor())

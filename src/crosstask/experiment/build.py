@@ -14,6 +14,7 @@ from crosstask.checkpoint import read_model_checkpoint
 from crosstask.config import Experiment, ModelConfig, TrainConfig, ValidationConfig
 from crosstask.data.datasets.base import load_dataset
 from crosstask.data.domains import Domain
+from crosstask.data.episodes import EpisodeStream, episode_sampler
 from crosstask.data.inputs import describe, item_shape, repeat
 from crosstask.data.streams import MultiStream, Stream
 from crosstask.data.tasks import Task
@@ -56,7 +57,12 @@ def build_domains(experiment: Experiment, part: str) -> dict[str, Domain]:
     root = experiment.data.root
     return {
         name: Domain(
-            name, load_dataset(d.dataset, root), d.labeled if part == "train" else True, d.tasks, d.batch_size
+            name,
+            load_dataset(d.dataset, root),
+            d.labeled if part == "train" else True,
+            d.tasks,
+            d.batch_size,
+            d.episodes,
         )
         for name, d in getattr(experiment.data, part).items()
     }
@@ -120,7 +126,12 @@ def build_validation(
 def stream_specs(train_domains: Mapping[str, Any], tasks: Sequence[Task]) -> list[StreamSpec]:
     """What a method knows of the training domains (Domain objects or their configs)."""
     return [
-        StreamSpec(name, d.labeled, tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]))
+        StreamSpec(
+            name,
+            d.labeled,
+            tuple(d.tasks if d.tasks is not None else [t.name for t in tasks]),
+            getattr(d, "episodes", None),
+        )
         for name, d in train_domains.items()
     ]
 
@@ -130,6 +141,15 @@ def build_method(
 ) -> Method:
     """The method, set up (layers frozen as it asks) and its own modules on the model's device."""
     method = METHODS.get(config.name).obj(config, model, stream_specs(train_domains, model.tasks))
+    for spec in method.train_streams:
+        if (spec.episodes is not None) != method.reads_episodes:
+            raise ConfigError(
+                f"data.train.{spec.name} is read as few-shot episodes, which method '{method.name}' does not take: "
+                "remove its episodes: key, or use a meta-learner (maml, fomaml, reptile, anil, metasgd, protonet)"
+                if spec.episodes is not None
+                else f"method '{method.name}' learns from few-shot episodes: give data.train.{spec.name} an "
+                "episodes: key (ways, shots, queries, tasks)"
+            )
     method.setup()
     method.modules.to(next(model.parameters()).device)
     return method
@@ -209,7 +229,9 @@ def build_streams(
         log.info("method '%s' does not draw from stream(s) %s", method.name, ", ".join(unused))
     return MultiStream(
         {
-            name: Stream(
+            name: EpisodeStream(episode_sampler(d, tasks, seed)[1], device)
+            if d.episodes is not None
+            else Stream(
                 d,
                 list(tasks),
                 d.batch_size or config.batch_size,

@@ -1,0 +1,78 @@
+"""Evaluation on few-shot episodes: mean query accuracy over many episodes with its 95 % confidence interval
+(the field's convention: ±1.96 standard errors over ≥ 600 test episodes).
+
+A method adapts to each episode's support set with its own procedure (``Method.episode_predictor``: a
+meta-learner's inner loop, a new head fitted on frozen features); any other model is scored by the nearest
+class mean of its shared features (:func:`nearest_prototype`), which is what ProtoNet does at test time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from crosstask.data.episodes import Episodes, EpisodeSampler
+from crosstask.data.inputs import Inputs, batch_size, concat
+from crosstask.errors import ConfigError
+from crosstask.models.model import MultiTaskModel
+
+EpisodePredictor = Callable[[Episodes], Tensor]  # -> logits (episodes, queries, ways)
+EPISODE_METRICS = ("accuracy", "accuracy_ci95")
+
+
+def flat_features(model: MultiTaskModel, x: Inputs) -> Tensor:
+    """The model's shared representation of ``x``, one flat vector per sample."""
+    shared = model.forward_all(x).shared
+    if shared is None:
+        raise ConfigError(
+            "this model has no single shared representation (an architecture with experts or towers), so "
+            "episodes cannot be scored by feature prototypes; use a meta-learner with a head (maml, anil, ...)"
+        )
+    return shared.flatten(1)
+
+
+def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
+    """Negative squared Euclidean distances from each query to each class mean of the support (Snell et al.
+    2017): (queries, ways)."""
+    one_hot = torch.nn.functional.one_hot(support_y, ways).to(support.dtype)
+    prototypes = (one_hot.T @ support) / one_hot.sum(0).unsqueeze(1)
+    return -torch.cdist(query, prototypes).pow(2)
+
+
+def nearest_prototype(model: MultiTaskModel) -> EpisodePredictor:
+    """Scores episodes by the nearest support class mean of ``model``'s shared features."""
+
+    def predict(episodes: Episodes) -> Tensor:
+        logits = []
+        for i in range(len(episodes)):
+            support, support_y, query, _ = episodes.episode(i)
+            z = flat_features(model, concat([support, query]))
+            n = batch_size(support)
+            logits.append(prototype_logits(z[:n], support_y, z[n:], episodes.ways))
+        return torch.stack(logits)
+
+    return predict
+
+
+def mean_and_ci95(values: Tensor) -> tuple[float, float]:
+    """Mean and half-width of the normal 95 % confidence interval of the mean (1.96 · std / √n)."""
+    values = values.double()
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), 1.96 * float(values.std()) / math.sqrt(len(values))
+
+
+def evaluate_episodes(
+    predict: EpisodePredictor, sampler: EpisodeSampler, count: int, device: torch.device, per_call: int = 8
+) -> tuple[float, float]:
+    """Mean query accuracy (in %) over episodes ``0 .. count-1`` of ``sampler`` and its 95 % interval."""
+    accuracies = []
+    for first in range(0, count, per_call):
+        episodes = sampler.draw(first, min(per_call, count - first)).to(device)
+        with torch.no_grad():
+            logits = predict(episodes)
+        accuracies.append((logits.argmax(-1) == episodes.query_y).float().mean(1).cpu())
+    return mean_and_ci95(100.0 * torch.cat(accuracies))

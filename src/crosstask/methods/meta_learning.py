@@ -1,0 +1,175 @@
+"""The meta-learning base: a training step is a meta-batch of few-shot episodes, one objective per episode.
+
+A meta-learner draws ``episodes.tasks`` episodes per step from its one episodic training stream and returns
+each episode's query loss, divided by the meta-batch size, as an objective named ``episode0``,
+``episode1``, ...: under the default weighting their sum is the mean query loss of the papers, and any
+other weighting balances the episodes of a meta-batch (PCGrad or MGDA on the episodes' meta-gradients).
+
+Inner loops are functional: adapted weights are tensors computed from the model's parameters
+(``torch.func.functional_call``), never module copies, so nothing but parameters and buffers carries state
+from one step to the next and the meta-gradient is ordinary autograd through the inner loop (second order
+unless a method says otherwise). Heads: MAML, FOMAML, Meta-SGD and ANIL adapt the task's head, which must
+have ``ways`` outputs (``tasks: [{name: ..., num_classes: <ways>}]``); ProtoNet uses no head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+from torch.func import functional_call
+
+from crosstask.data.episodes import EpisodeConfig, Episodes
+from crosstask.data.inputs import Inputs
+from crosstask.data.streams import Batch
+from crosstask.engine.method import Method, StepOutput, StreamSpec
+from crosstask.errors import ConfigError
+from crosstask.models.model import MultiTaskModel
+from crosstask.registry import ComponentConfig
+
+Params = dict[str, Tensor]
+
+
+class InnerLoopConfig(ComponentConfig):
+    """Keys of the meta-learners that adapt by gradient steps on the support set."""
+
+    inner_steps: int = Field(default=1, ge=1, description="gradient steps on the support set in training")
+    inner_lr: float = Field(default=0.4, gt=0, description="step size of the inner loop")
+    test_steps: int | None = Field(
+        default=None, ge=0, description="inner steps at test time (default: inner_steps)"
+    )
+    test_lr: float | None = Field(
+        default=None, gt=0, description="inner step size at test time (default: inner_lr)"
+    )
+    first_order: bool = Field(
+        default=False, description="treat the inner loop's gradients as constants (no second derivatives)"
+    )
+
+
+class MetaLearner(Method):
+    """Base of the meta-learners: the episodic stream, per-episode objectives, functional forward passes."""
+
+    reads_episodes = True
+    uses_head = True  # whether the task's head is adapted per episode (ProtoNet: no)
+
+    def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
+        super().__init__(config, model, streams)
+        episodic = [s for s in streams if s.episodes is not None]
+        if not episodic:
+            raise ConfigError(
+                f"method '{self.name}' learns from few-shot episodes: give data.train.{streams[0].name} an episodes: "
+                "key (ways, shots, queries, tasks)"
+            )
+        if len(episodic) != 1 or len(model.tasks) != 1:
+            raise ConfigError(
+                f"method '{self.name}' learns from one episodic training stream and one task; the run has "
+                f"{len(episodic)} episodic stream(s) ({', '.join(s.name for s in streams)}) and "
+                f"{len(model.tasks)} task(s): give one data.train stream an episodes: key and one task"
+            )
+        self.stream = episodic[0]
+        self.train_streams = [self.stream]
+        self.task = model.tasks[0]
+        self.episode_config: EpisodeConfig = self.stream.episodes
+        if self.task.kind != "classification":
+            raise ConfigError(
+                f"method '{self.name}' classifies episodes; task '{self.task.name}' is {self.task.kind}"
+            )
+        if self.uses_head:
+            self.check_ways(self.episode_config.ways, f"data.train.{self.stream.name}.episodes.ways")
+
+    def check_ways(self, ways: int, where: str) -> None:
+        if self.uses_head and self.task.num_classes != ways:
+            raise ConfigError(
+                f"method '{self.name}' adapts the head of task '{self.task.name}' to each episode, so the head needs "
+                f"one output per way: {where} is {ways} but the task has num_classes {self.task.num_classes}; set "
+                f"num_classes: {ways}"
+            )
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [f"episode{i}" for i in range(self.episode_config.tasks)]
+
+    # ---- what a subclass implements
+
+    def episode_loss(
+        self, support: Inputs, support_y: Tensor, query: Inputs, query_y: Tensor, ways: int
+    ) -> tuple[Tensor, Tensor]:
+        """The query loss after adapting to the support set, and the query logits (for the accuracy log)."""
+        raise NotImplementedError
+
+    def adapt_and_predict(self, support: Inputs, support_y: Tensor, query: Inputs, ways: int) -> Tensor:
+        """Query logits after adapting to the support set at test time."""
+        raise NotImplementedError
+
+    # ---- shared machinery
+
+    def training_step(self, batch: dict[str, Batch | Episodes]) -> StepOutput:
+        episodes = batch[self.stream.name]
+        assert isinstance(episodes, Episodes)
+        count = len(episodes)
+        objectives, correct = {}, 0.0
+        for i in range(count):
+            support, support_y, query, query_y = episodes.episode(i)
+            loss, logits = self.episode_loss(support, support_y, query, query_y, episodes.ways)
+            objectives[f"episode{i}"] = loss / count
+            correct += float((logits.detach().argmax(-1) == query_y).float().mean())
+        return StepOutput(objectives, logs={"query_accuracy": 100.0 * correct / count})
+
+    def episode_predictor(self) -> Callable[[Episodes], Tensor]:
+        def predict(episodes: Episodes) -> Tensor:
+            if self.uses_head:
+                self.check_ways(episodes.ways, "an evaluation domain's episodes.ways")
+            logits = []
+            for i in range(len(episodes)):
+                support, support_y, query, _ = episodes.episode(i)
+                logits.append(self.adapt_and_predict(support, support_y, query, episodes.ways).detach())
+            return torch.stack(logits)
+
+        return predict
+
+    def parameters_of(self, names: Sequence[str] | None = None) -> Params:
+        """The model's trainable parameters (all, or those named), as the starting point of an inner loop."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return params if names is None else {n: params[n] for n in names}
+
+    def logits(self, params: Params, x: Inputs) -> Tensor:
+        """The task's output with ``params`` in place of the model's parameters of the same names."""
+        return functional_call(self.model, params, (x,), strict=False)[self.task.name]
+
+    def head_names(self) -> list[str]:
+        prefix = f"heads.{self.task.name}."
+        return [n for n, p in self.model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+
+
+def sgd_steps(
+    loss_of: Callable[[Params], Tensor],
+    params: Params,
+    steps: int,
+    lr: float | Params,
+    *,
+    create_graph: bool,
+) -> Params:
+    """``steps`` plain gradient steps on ``loss_of`` from ``params`` (step size per tensor when ``lr`` is a
+    dict). With ``create_graph`` the result stays differentiable through the steps (second-order
+    meta-gradients); without, each step's gradient is a constant (first order)."""
+    fast = dict(params)
+    for _ in range(steps):
+        names = list(fast)
+        grads = torch.autograd.grad(loss_of(fast), [fast[n] for n in names], create_graph=create_graph)
+        fast = {
+            n: fast[n] - (lr[n] if isinstance(lr, dict) else lr) * g
+            for n, g in zip(names, grads, strict=True)
+        }
+    return fast
+
+
+def detached(params: Params) -> Params:
+    """Leaf copies of ``params`` that require gradients (a test-time inner loop that leaves the model alone)."""
+    return {n: p.detach().requires_grad_(True) for n, p in params.items()}
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y)
