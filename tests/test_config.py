@@ -144,7 +144,9 @@ def test_yaml_anchors_and_merge_keys_are_allowed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+    "path",
+    sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")),
+    ids=lambda p: str(p.relative_to(Path(__file__).parents[1] / "configs")),
 )
 def test_shipped_configs_validate(path: Path) -> None:
     experiment = load_config(path)
