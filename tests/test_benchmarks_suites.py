@@ -65,3 +65,26 @@ def test_mnist_usps_full_protocol_dann_keeps_the_published_number(monkeypatch: p
 def test_mnist_usps_plain_cdan_has_no_protocol_note() -> None:
     assert mnist_usps.protocol_notes("cdan", {"method": {"name": "cdan", "entropy": False}}) == []
     assert mnist_usps.protocol_notes("cdan", {"method": {"name": "cdan", "entropy": True}}) != []
+
+
+def test_the_modified_hausdorff_distance_of_point_sets() -> None:
+    import numpy as np
+    from benchmarks.suites.omniglot import modified_hausdorff
+
+    a = np.array([[0.0, 0.0], [0.0, 2.0]])
+    b = np.array([[0.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    assert modified_hausdorff(a, a) == 0.0
+    # a to b: both points on b (mean 0); b to a: 0, 0 and 3 (mean 1): the larger mean
+    assert modified_hausdorff(a, b) == modified_hausdorff(b, a) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_the_modified_hausdorff_baseline_reproduces_lakes_number(data_root: Path) -> None:
+    import numpy as np
+    from benchmarks.suites.omniglot import mhd_errors
+
+    from tests.conftest import need
+
+    need(data_root, "omniglot_lake_small")
+    assert np.mean(mhd_errors()) == pytest.approx(38.8, abs=0.1)  # Lake et al.'s demo: 38.8 % error
