@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import crosstask as ct
-from crosstask.data.episodes import EpisodeConfig, EpisodeSampler, EpisodeStream, class_part
+from crosstask.data.episodes import EpisodeConfig, EpisodeSampler, EpisodeStream, class_part, episode_sampler
 from crosstask.engine.method import StreamSpec
 from crosstask.errors import ConfigError, DataError
 from crosstask.evaluation.episodes import mean_and_ci95
@@ -77,6 +77,15 @@ def test_an_episode_stream_resumes_from_its_state() -> None:
     resumed.load_state_dict({"consumed": 2})
     assert torch.equal(next(resumed).query, first[2].query)
     assert first[0].support.shape == (2, 3, 4) and first[0].query.shape == (2, 6, 4)
+
+
+def test_samples_without_a_class_are_never_drawn() -> None:
+    data = clusters(classes=4, per_class=6)
+    data.y["y"][::2] = -1  # half the samples have no class
+    sampler = EpisodeSampler(data, EpisodeConfig(ways=4, shots=1, queries=2), "y", "train")
+    for i in range(20):
+        support, _, query, _ = sampler.indices(i)
+        assert (data.y["y"][torch.cat([support, query])] >= 0).all()
 
 
 def test_episodes_that_the_data_cannot_fill_are_one_clear_error() -> None:
@@ -394,3 +403,36 @@ def test_an_evaluation_with_more_ways_than_the_head_is_refused_clearly(tmp_path:
     config["data"]["eval"]["test"]["episodes"]["ways"] = 2
     with pytest.raises(ConfigError, match="episodes.ways is 2 but the task has num_classes 3"):
         ct.run(config)
+
+
+# ----------------------------------------------------------------------------- regression episodes
+
+
+def test_sinusoid_tasks_follow_finn_et_al() -> None:
+    data = ct.load_dataset({"name": "sinusoid", "functions": 50, "points": 8, "seed": 3})
+    x, y, f = data.x[:, 0], data.y["y"], data.y["function"]
+    assert len(data) == 400 and torch.bincount(f).tolist() == [8] * 50
+    assert x.min() >= -5 and x.max() <= 5 and y.abs().max() <= 5
+    for k in range(3):  # every function is one sine wave: A sin(x - φ) fits its points exactly
+        xs, ys = x[f == k].double(), y[f == k].double()
+        basis = torch.stack([torch.sin(xs), torch.cos(xs)], 1)  # A sin(x - φ) = A cos φ sin x - A sin φ cos x
+        coef = torch.linalg.lstsq(basis, ys.unsqueeze(1)).solution
+        assert (basis @ coef).squeeze(1).sub(ys).abs().max() < 1e-5
+        amplitude = coef.norm()
+        assert 0.1 <= amplitude <= 5.0
+
+
+def test_regression_episodes_keep_the_targets_of_one_function() -> None:
+    data = ct.load_dataset({"name": "sinusoid", "functions": 20, "points": 15})
+    domain = ct.Domain("train", data, episodes=EpisodeConfig(ways=1, shots=5, queries=10, label="function"))
+    task = ct.Task("y", kind="regression")
+    _, sampler = episode_sampler(domain, [task])
+    episodes = sampler.draw(0, 3)
+    assert episodes.support_y.shape == (3, 5) and episodes.query_y.shape == (3, 10)
+    assert episodes.support_y.is_floating_point()
+    function = data.y["function"]
+    support, _, query, _ = sampler.indices(1)
+    assert len(set(function[torch.cat([support, query])].tolist())) == 1
+    torch.testing.assert_close(episodes.support_y[1], data.y["y"][support])
+    with pytest.raises(ConfigError, match="set episodes.label"):
+        episode_sampler(ct.Domain("train", data, episodes=EpisodeConfig(ways=1)), [task])

@@ -252,9 +252,18 @@ def interpret_run(
     if attributions < 0:
         raise ConfigError(f"--attributions must be 0 (none) or more, got {attributions}")
     experiment, model = load_run(run_dir, checkpoint)
-    domains = list(build_domains(experiment, "eval").values())
+    every = list(build_domains(experiment, "eval").values())
+    domains = [d for d in every if d.episodes is None]  # an episode's classes are not the head's classes
     if not domains:
-        raise ConfigError(f"{run_dir}: its config defines no data.eval domains to interpret on")
+        raise ConfigError(
+            f"{run_dir}: its config defines no data.eval domains to interpret on"
+            + (
+                " (its evaluation domains are read as few-shot episodes, whose classes change from episode to "
+                "episode: add a plain domain under data.eval, without episodes)"
+                if every
+                else ""
+            )
+        )
     check_inputs(model, {}, {d.name: d for d in domains})
     collected = domain_features(model, domains, limit=limit)
     report: dict = {"run_dir": str(run_dir), "checkpoint": checkpoint, "samples_per_domain": limit}

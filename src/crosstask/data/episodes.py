@@ -42,13 +42,14 @@ class FixedEpisodes(StrictModel):
 class EpisodeConfig(StrictModel):
     """How a domain is read as few-shot episodes (``data.train.<name>.episodes``, ``data.eval.<name>.episodes``)."""
 
-    ways: int = Field(default=5, ge=2, description="classes per episode (N)")
+    ways: int = Field(default=5, ge=1, description="classes (groups) per episode (N); 1 for regression tasks")
     shots: int = Field(default=1, ge=1, description="support samples per class (K)")
     queries: int = Field(default=15, ge=1, description="query samples per class")
     tasks: int = Field(default=1, ge=1, description="episodes per training step (the meta-batch)")
     episodes: int = Field(default=600, ge=1, description="episodes an evaluation averages over")
     label: str | None = Field(
-        default=None, description="label key of the classes (default: the task's label)"
+        default=None,
+        description="label key of the classes (default: the task's label; regression: the group, e.g. function)",
     )
     classes: Literal["all", "train", "val", "test"] = Field(
         default="all", description="which part of the classes: all, or a deterministic class split"
@@ -77,7 +78,7 @@ class Episodes:
     """A batch of episodes: inputs with a leading episode dimension, labels 0..ways-1 per episode."""
 
     support: Inputs  # (episodes, ways * shots, ...)
-    support_y: Tensor  # (episodes, ways * shots)
+    support_y: Tensor  # (episodes, ways * shots): positions 0..ways-1, or regression targets
     query: Inputs  # (episodes, ways * queries, ...)
     query_y: Tensor  # (episodes, ways * queries)
     ways: int
@@ -141,8 +142,17 @@ def class_part(classes: Tensor, config: EpisodeConfig) -> Tensor:
 class EpisodeSampler:
     """Draws episode ``i`` of a dataset (indices and episode labels), deterministically by (seed, name, i)."""
 
-    def __init__(self, dataset: Dataset, config: EpisodeConfig, label: str, name: str, seed: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: EpisodeConfig,
+        label: str,
+        name: str,
+        seed: int = 0,
+        targets: Tensor | None = None,
+    ):
         self.dataset, self.config, self.name, self.seed = dataset, config, name, seed
+        self.targets = targets  # regression: each sample's target replaces its position in the episode
         self.fast = hasattr(dataset, "gather")
         labels = _labels(dataset, label, f"domain '{name}'")
         if config.fixed is not None:
@@ -150,7 +160,7 @@ class EpisodeSampler:
             self.count = len(self.fixed)  # every fixed episode once
             return
         self.fixed = []
-        classes = class_part(labels.unique(), config)
+        classes = class_part(labels[labels >= 0].unique(), config)  # -1: a sample without a class
         members = {int(c): (labels == c).nonzero().flatten() for c in classes}
         short = {c: len(m) for c, m in members.items() if len(m) < config.per_class}
         if short:
@@ -174,6 +184,11 @@ class EpisodeSampler:
     ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         where = f"domain '{self.name}'"
         episode, role = _labels(dataset, fixed.episode, where), _labels(dataset, fixed.role, where)
+        if not set(role.unique().tolist()) <= {0, 1}:
+            raise DataError(
+                f"{where}: label '{fixed.role}' must be 0 (support) or 1 (query) for every sample; it holds "
+                f"{sorted(set(role.unique().tolist()))}"
+            )
         out = []
         for e in episode.unique():
             support = ((episode == e) & (role == 0)).nonzero().flatten()
@@ -234,6 +249,8 @@ class EpisodeSampler:
     def draw(self, first: int, count: int) -> Episodes:
         """Episodes ``first`` .. ``first + count - 1``."""
         parts = [self.indices(i) for i in range(first, first + count)]
+        if self.targets is not None:
+            parts = [(s, self.targets[s], q, self.targets[q]) for s, _, q, _ in parts]
         return Episodes(
             _stack([self.inputs(s) for s, _, _, _ in parts]),
             torch.stack([y for _, y, _, _ in parts]),
@@ -280,9 +297,30 @@ def episode_task(domain: Domain, tasks: Sequence[Task]) -> Task:
 
 
 def episode_sampler(domain: Domain, tasks: Sequence[Task], seed: int = 0) -> tuple[str, EpisodeSampler]:
-    """The task name and the episode sampler of an episodic domain."""
+    """The task name and the episode sampler of an episodic domain: classification episodes label each
+    sample with its class's position; regression episodes group samples by ``episodes.label`` (a function,
+    say) and keep their targets."""
     task = episode_task(domain, tasks)
     config = domain.episodes
     assert config is not None
-    label = config.label or task.label or task.name
-    return task.name, EpisodeSampler(domain.dataset, config, label, domain.name, seed)
+    key = task.label or task.name
+    if task.kind == "classification":
+        if config.ways < 2:
+            raise ConfigError(
+                f"domain '{domain.name}': classification episodes need ways >= 2, got {config.ways}"
+            )
+        return task.name, EpisodeSampler(domain.dataset, config, config.label or key, domain.name, seed)
+    if task.kind != "regression" or task.num_outputs != 1:
+        raise ConfigError(
+            f"domain '{domain.name}': episodes classify, or regress one target; task '{task.name}' is {task.kind} "
+            f"with {task.num_outputs} output(s)"
+        )
+    if config.label is None or config.label == key:
+        raise ConfigError(
+            f"domain '{domain.name}': regression episodes group samples by another label than the target "
+            f"'{key}': set episodes.label (e.g. function for the sinusoid dataset)"
+        )
+    from crosstask.data.datasets.base import class_labels
+
+    targets = class_labels(domain.dataset, key, domain.name).float()
+    return task.name, EpisodeSampler(domain.dataset, config, config.label, domain.name, seed, targets)

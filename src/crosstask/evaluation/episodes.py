@@ -19,8 +19,8 @@ from crosstask.data.inputs import Inputs, batch_size, concat
 from crosstask.errors import ConfigError
 from crosstask.models.model import MultiTaskModel
 
-EpisodePredictor = Callable[[Episodes], Tensor]  # -> logits (episodes, queries, ways)
-EPISODE_METRICS = ("accuracy", "accuracy_ci95")
+EpisodePredictor = Callable[[Episodes], Tensor]  # -> logits (episodes, queries, ways) or predictions
+EPISODE_METRICS = {"classification": ("accuracy", "accuracy_ci95"), "regression": ("mse", "mse_ci95")}
 
 
 def flat_features(model: MultiTaskModel, x: Inputs) -> Tensor:
@@ -46,6 +46,11 @@ def nearest_prototype(model: MultiTaskModel) -> EpisodePredictor:
     """Scores episodes by the nearest support class mean of ``model``'s shared features."""
 
     def predict(episodes: Episodes) -> Tensor:
+        if episodes.support_y.is_floating_point():
+            raise ConfigError(
+                "regression episodes need a method that adapts to each episode (maml, fomaml, metasgd, anil, "
+                "reptile, or baseline's fine-tuning): class prototypes are for classification"
+            )
         logits = []
         for i in range(len(episodes)):
             support, support_y, query, _ = episodes.episode(i)
@@ -66,13 +71,24 @@ def mean_and_ci95(values: Tensor) -> tuple[float, float]:
 
 
 def evaluate_episodes(
-    predict: EpisodePredictor, sampler: EpisodeSampler, count: int, device: torch.device, per_call: int = 8
-) -> tuple[float, float]:
-    """Mean query accuracy (in %) over episodes ``0 .. count-1`` of ``sampler`` and its 95 % interval."""
-    accuracies = []
+    predict: EpisodePredictor,
+    sampler: EpisodeSampler,
+    count: int,
+    device: torch.device,
+    kind: str = "classification",
+    per_call: int = 8,
+) -> dict[str, float]:
+    """Over episodes ``0 .. count-1`` of ``sampler``: the mean query accuracy (in %), or for a regression
+    task the mean query squared error, and its 95 % interval (the names of :data:`EPISODE_METRICS`)."""
+    values = []
     for first in range(0, count, per_call):
         episodes = sampler.draw(first, min(per_call, count - first)).to(device)
         with torch.no_grad():
-            logits = predict(episodes)
-        accuracies.append((logits.argmax(-1) == episodes.query_y).float().mean(1).cpu())
-    return mean_and_ci95(100.0 * torch.cat(accuracies))
+            outputs = predict(episodes)
+        if kind == "regression":
+            values.append((outputs.reshape(episodes.query_y.shape) - episodes.query_y).pow(2).mean(1).cpu())
+        else:
+            values.append(100.0 * (outputs.argmax(-1) == episodes.query_y).float().mean(1).cpu())
+    mean, ci95 = mean_and_ci95(torch.cat(values))
+    name, interval = EPISODE_METRICS[kind]
+    return {name: mean, interval: ci95}

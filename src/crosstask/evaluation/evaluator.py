@@ -59,7 +59,11 @@ class Evaluator:
             for t in r.keys
             for m in self.tasks[t].metric_names
         ]
-        return keys + [f"{d}/{task}/{m}" for d, (task, _) in self.episodic.items() for m in EPISODE_METRICS]
+        return keys + [
+            f"{d}/{task}/{m}"
+            for d, (task, _) in self.episodic.items()
+            for m in EPISODE_METRICS[self.tasks[task].kind]
+        ]
 
     @torch.no_grad()
     def predict(
@@ -97,10 +101,14 @@ class Evaluator:
                     for metric in self.tasks[task].metric_names:
                         metrics[f"{domain}/{task}/{metric}"] = METRICS.get(metric).obj(output, targets[task])
             for domain, (task, sampler) in self.episodic.items():
-                mean, ci95 = evaluate_episodes(
-                    episode_predictor or nearest_prototype(model), sampler, sampler.count, self.device
+                scores = evaluate_episodes(
+                    episode_predictor or nearest_prototype(model),
+                    sampler,
+                    sampler.count,
+                    self.device,
+                    self.tasks[task].kind,
                 )
-                metrics[f"{domain}/{task}/accuracy"], metrics[f"{domain}/{task}/accuracy_ci95"] = mean, ci95
+                metrics.update({f"{domain}/{task}/{name}": value for name, value in scores.items()})
             return metrics
         finally:
             model.train(was_training)

@@ -155,6 +155,8 @@ def _confusion_matrices(run: RunData) -> dict[str, np.ndarray]:
         experiment, model = load_run(run.path)
         out = {}
         for domain in build_domains(experiment, "eval").values():
+            if domain.episodes is not None:  # an episode's classes are not the head's classes
+                continue
             collected = collect(model, domain, limit=5000)
             for task in model.tasks:
                 if task.kind != "classification" or task.name not in collected.labels:
