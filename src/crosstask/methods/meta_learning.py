@@ -10,11 +10,17 @@ Inner loops are functional: adapted weights are tensors computed from the model'
 from one step to the next and the meta-gradient is ordinary autograd through the inner loop (second order
 unless a method says otherwise). Heads: MAML, FOMAML, Meta-SGD and ANIL adapt the task's head, which must
 have ``ways`` outputs (``tasks: [{name: ..., num_classes: <ways>}]``); ProtoNet uses no head.
+
+A meta-batch goes through :meth:`MetaLearner.meta_batch_losses` (the query loss of every episode): here a
+loop over :meth:`MetaLearner.episode_loss`; MAML and its subclasses take each episode's meta-gradient as
+soon as its loss is known (one episode's graph in memory at a time) or batch the episodes with
+``torch.func.vmap`` (``vectorize``), and hand the loss back through :func:`with_gradients`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +53,11 @@ class InnerLoopConfig(ComponentConfig):
     first_order: bool = Field(
         default=False, description="treat the inner loop's gradients as constants (no second derivatives)"
     )
+    vectorize: bool | Literal["auto"] = Field(
+        default="auto",
+        description="maml, fomaml, metasgd: batch the episodes of a meta-batch with torch.func.vmap (true), "
+        "or loop over them (false); auto: the loop on CPU (faster there), vmap on other devices",
+    )
 
 
 class MetaLearner(Method):
@@ -57,6 +68,13 @@ class MetaLearner(Method):
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         super().__init__(config, model, streams)
+        if getattr(config, "vectorize", "auto") is True:
+            obstacle = self.vectorize_obstacle()
+            if obstacle is not None:
+                raise ConfigError(
+                    f"method '{self.name}' cannot batch the episodes of a meta-batch (vectorize: true): "
+                    f"{obstacle}; set method.vectorize: false or auto"
+                )
         episodic = [s for s in streams if s.episodes is not None]
         if not episodic:
             raise ConfigError(
@@ -104,19 +122,31 @@ class MetaLearner(Method):
         """Query logits after adapting to the support set at test time."""
         raise NotImplementedError
 
+    def vectorize_obstacle(self) -> str | None:
+        """Why this method cannot batch a meta-batch's episodes with ``vmap`` (``None``: it can)."""
+        return "it computes its episodes one by one"
+
     # ---- shared machinery
+
+    def meta_batch_losses(self, episodes: Episodes) -> tuple[Tensor, Tensor]:
+        """The query loss of every episode (T,) and the query logits (T, queries, ways), with the losses
+        differentiable to the meta-parameters. Here: :meth:`episode_loss` on each episode in turn."""
+        losses, logits = [], []
+        for i in range(len(episodes)):
+            support, support_y, query, query_y = episodes.episode(i)
+            loss, out = self.episode_loss(support, support_y, query, query_y, episodes.ways)
+            losses.append(loss)
+            logits.append(out)
+        return torch.stack(losses), torch.stack(logits)
 
     def training_step(self, batch: dict[str, Batch | Episodes]) -> StepOutput:
         episodes = batch[self.stream.name]
         assert isinstance(episodes, Episodes)
         count = len(episodes)
-        objectives, correct = {}, 0.0
-        for i in range(count):
-            support, support_y, query, query_y = episodes.episode(i)
-            loss, logits = self.episode_loss(support, support_y, query, query_y, episodes.ways)
-            objectives[f"episode{i}"] = loss / count
-            correct += float((logits.detach().argmax(-1) == query_y).float().mean())
-        return StepOutput(objectives, logs={"query_accuracy": 100.0 * correct / count})
+        losses, logits = self.meta_batch_losses(episodes)
+        objectives = {f"episode{i}": losses[i] / count for i in range(count)}
+        correct = (logits.detach().argmax(-1) == episodes.query_y).float().mean(-1).sum()
+        return StepOutput(objectives, logs={"query_accuracy": 100.0 * float(correct) / count})
 
     def episode_predictor(self) -> Callable[[Episodes], Tensor]:
         def predict(episodes: Episodes) -> Tensor:
@@ -164,6 +194,32 @@ def sgd_steps(
             for n, g in zip(names, grads, strict=True)
         }
     return fast
+
+
+class _KnownGradients(torch.autograd.Function):
+    """Losses whose gradients are already known: the backward pass is Σᵢ ḡᵢ ∇lossᵢ (ḡ the incoming
+    gradient), a weighted sum of the stored gradients, for any weighting of the losses."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, gradients: tuple[Tensor | None, ...], *inputs: Tensor) -> Tensor:
+        ctx.gradients = gradients
+        return values.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:
+        grads = [
+            None if g is None else torch.tensordot(upstream.to(g.dtype), g, dims=1) for g in ctx.gradients
+        ]
+        return (None, None, *grads)
+
+
+def with_gradients(values: Tensor, gradients: Sequence[Tensor | None], inputs: Sequence[Tensor]) -> Tensor:
+    """``values`` (T,) as a tensor whose gradient to ``inputs[j]`` is ``gradients[j]`` (T, *inputs[j].shape),
+    row i being value i's gradient: the autograd graph of the losses is gone, their gradients are kept.
+    Every reader of the objectives' gradients (a weighting's Jacobian, ``backward``) gets the same numbers as
+    through the graph; second derivatives through them are not available (none of crosstask's weightings
+    takes them)."""
+    return _KnownGradients.apply(values, tuple(gradients), *inputs)
 
 
 def detached(params: Params) -> Params:
