@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from crosstask.evaluation.losses import binary_cross_entropy, cross_entropy, mean_squared_error
-from crosstask.registry import METRICS
+from crosstask.registry import LOSSES, METRICS
 
 
 def test_missing_class_labels_are_masked() -> None:
@@ -57,3 +57,13 @@ def test_regression_and_multilabel_metrics() -> None:
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert metric("subset_accuracy", scores, labels) == 50.0
     assert metric("f1_micro", scores, labels) == pytest.approx(100 * 2 * 2 / (2 * 2 + 1))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse", "l1", "huber"])
+def test_losses_keep_double_precision_and_widen_half(loss: str) -> None:
+    """The meta-gradient checks run in float64: a loss must not round them to float32 (bf16 is widened)."""
+    output = torch.randn(4, 3, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1, 0]) if loss == "cross_entropy" else torch.rand(4, 3, dtype=torch.float64)
+    for masked in (True, False):
+        assert LOSSES.get(loss).obj(output, target, masked).dtype == torch.float64
+        assert LOSSES.get(loss).obj(output.bfloat16(), target, masked).dtype == torch.float32

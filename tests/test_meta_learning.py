@@ -436,3 +436,61 @@ def test_regression_episodes_keep_the_targets_of_one_function() -> None:
     torch.testing.assert_close(episodes.support_y[1], data.y["y"][support])
     with pytest.raises(ConfigError, match="set episodes.label"):
         episode_sampler(ct.Domain("train", data, episodes=EpisodeConfig(ways=1)), [task])
+
+
+def sine_run(tmp_path: Path, method: str | dict[str, Any], steps: int = 3, **options: Any) -> ct.RunResult:
+    model = ct.MultiTaskModel(
+        {"name": "mlp", "hidden": [40, 40]}, [ct.Task("y", kind="regression")], input_shape=(1,)
+    )
+    episodes = {"ways": 1, "shots": 5, "queries": 10, "label": "function"}
+    name = method if isinstance(method, str) else method["name"]
+    return ct.fit(
+        model,
+        method=method,
+        data=ct.load_dataset({"name": "sinusoid", "functions": 500, "points": 15}),
+        episodes=None if name == "baseline" else {**episodes, "tasks": 4},
+        eval={"test": ct.load_dataset({"name": "sinusoid", "functions": 50, "points": 15, "seed": 1})},
+        eval_episodes={**episodes, "episodes": 20},
+        optim={"name": "adam", "lr": 0.001},
+        steps=steps,
+        output_dir=tmp_path,
+        name=name,
+        **{"log_every": 1, **options},
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in META if n != "protonet"])
+def test_every_gradient_meta_learner_regresses_sine_waves(tmp_path: Path, name: str) -> None:
+    result = sine_run(tmp_path, name)
+    assert result.metrics["test/y/mse"] > 0 and result.metrics["test/y/mse_ci95"] > 0
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("log/query_mse" in r for r in lines if r["phase"] == "train")
+
+
+def test_prototypes_refuse_regression_and_the_baseline_says_how_to_adapt(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="method 'protonet' learns from classification episodes; task 'y'"):
+        sine_run(tmp_path, "protonet")
+    with pytest.raises(ConfigError, match="episode_adaptation: finetune"):
+        sine_run(tmp_path, "baseline", batch_size=50)
+    result = sine_run(tmp_path, {"name": "baseline", "episode_adaptation": "finetune"}, batch_size=50)
+    assert result.metrics["test/y/mse"] > 0
+
+
+@pytest.mark.slow
+def test_maml_beats_pretraining_then_fine_tuning_on_sine_waves_at_k5(tmp_path: Path) -> None:
+    """Finn et al. 2017, Figure 3 (K = 5): after meta-training, MAML's error after a few steps on 5 points is
+    far below that of a model pretrained on all the waves and fine-tuned the same way."""
+    maml = sine_run(
+        tmp_path,
+        {"name": "maml", "inner_lr": 0.01, "test_steps": 10, "vectorize": True},
+        steps=2000,
+        eval_every=2000,
+    )
+    pretrained = sine_run(
+        tmp_path,
+        {"name": "baseline", "episode_adaptation": "finetune", "episode_steps": 10, "episode_lr": 0.01},
+        steps=2000,
+        batch_size=250,
+        eval_every=2000,
+    )
+    assert maml.metrics["test/y/mse"] < 0.6 * pretrained.metrics["test/y/mse"]

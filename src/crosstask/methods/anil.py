@@ -16,7 +16,6 @@ from crosstask.methods.meta_learning import (
     InnerLoopConfig,
     MetaLearner,
     Params,
-    cross_entropy,
     detached,
     sgd_steps,
 )
@@ -39,7 +38,7 @@ class ANIL(MetaLearner):
 
     def adapt(self, z: Tensor, y: Tensor, head: Params, steps: int, lr: float, create_graph: bool) -> Params:
         return sgd_steps(
-            lambda p: cross_entropy(self.head_logits(p, z), y), head, steps, lr, create_graph=create_graph
+            lambda p: self.loss(self.head_logits(p, z), y), head, steps, lr, create_graph=create_graph
         )
 
     def episode_loss(
@@ -54,7 +53,7 @@ class ANIL(MetaLearner):
             True,
         )
         logits = self.head_logits(head, self.features(query))
-        return cross_entropy(logits, query_y), logits
+        return self.loss(logits, query_y), logits
 
     def adapt_and_predict(self, support: Inputs, support_y: Tensor, query: Inputs, ways: int) -> Tensor:
         steps = self.config.inner_steps if self.config.test_steps is None else self.config.test_steps

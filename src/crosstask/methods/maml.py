@@ -43,7 +43,6 @@ from crosstask.methods.meta_learning import (
     InnerLoopConfig,
     MetaLearner,
     Params,
-    cross_entropy,
     detached,
     sgd_steps,
     with_gradients,
@@ -77,7 +76,7 @@ class MAML(MetaLearner):
         rest = {n: p for n, p in params.items() if n not in inner}
 
         def support_loss(fast: Params) -> Tensor:
-            return cross_entropy(self.logits({**rest, **fast}, support), support_y)
+            return self.loss(self.logits({**rest, **fast}, support), support_y)
 
         return {**rest, **sgd_steps(support_loss, inner, steps, lr, create_graph=create_graph)}
 
@@ -93,7 +92,7 @@ class MAML(MetaLearner):
             not self.config.first_order,
         )
         logits = self.logits(fast, query)
-        return cross_entropy(logits, query_y), logits
+        return self.loss(logits, query_y), logits
 
     def adapt_and_predict(self, support: Inputs, support_y: Tensor, query: Inputs, ways: int) -> Tensor:
         steps = self.config.inner_steps if self.config.test_steps is None else self.config.test_steps
@@ -209,7 +208,7 @@ class MAML(MetaLearner):
             step = {**fixed_lr, **alpha} if isinstance(fixed_lr, dict) else fixed_lr
 
             def support_loss(fast: Params) -> Tensor:
-                return cross_entropy(self.logits({**rest, **fast}, support), support_y)
+                return self.loss(self.logits({**rest, **fast}, support), support_y)
 
             fast = inner
             for _ in range(steps):
@@ -218,7 +217,7 @@ class MAML(MetaLearner):
                     g = {n: v.detach() for n, v in g.items()}
                 fast = {n: fast[n] - (step[n] if isinstance(step, dict) else step) * g[n] for n in fast}
             logits = self.logits({**rest, **fast}, query)
-            return cross_entropy(logits, query_y), logits.detach()
+            return self.loss(logits, query_y), logits.detach()
 
         theta = {n: p.detach() for n, p in params.items()}
         alpha = {n: r.detach() for n, r in rates.items()}

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
@@ -33,6 +32,7 @@ from crosstask.data.inputs import Inputs
 from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, StepOutput, StreamSpec
 from crosstask.errors import ConfigError
+from crosstask.evaluation.losses import task_loss
 from crosstask.models.model import MultiTaskModel
 from crosstask.registry import ComponentConfig
 
@@ -65,6 +65,7 @@ class MetaLearner(Method):
 
     reads_episodes = True
     uses_head = True  # whether the task's head is adapted per episode (ProtoNet: no)
+    supports_regression = True  # regression episodes (sinusoids) as well as classification
 
     def __init__(self, config: ComponentConfig, model: MultiTaskModel, streams: list[StreamSpec]):
         super().__init__(config, model, streams)
@@ -91,15 +92,18 @@ class MetaLearner(Method):
         self.train_streams = [self.stream]
         self.task = model.tasks[0]
         self.episode_config: EpisodeConfig = self.stream.episodes
-        if self.task.kind != "classification":
+        regression = self.task.kind == "regression" and self.task.num_outputs == 1
+        if self.task.kind != "classification" and not (regression and self.supports_regression):
             raise ConfigError(
-                f"method '{self.name}' classifies episodes; task '{self.task.name}' is {self.task.kind}"
+                f"method '{self.name}' learns from classification episodes"
+                + (" or regression episodes of one target" if self.supports_regression else "")
+                + f"; task '{self.task.name}' is {self.task.kind} with {self.task.num_outputs} output(s)"
             )
         if self.uses_head:
             self.check_ways(self.episode_config.ways, f"data.train.{self.stream.name}.episodes.ways")
 
     def check_ways(self, ways: int, where: str) -> None:
-        if self.uses_head and self.task.num_classes != ways:
+        if self.uses_head and self.task.kind == "classification" and self.task.num_classes != ways:
             raise ConfigError(
                 f"method '{self.name}' adapts the head of task '{self.task.name}' to each episode, so the head needs "
                 f"one output per way: {where} is {ways} but the task has num_classes {self.task.num_classes}; set "
@@ -143,9 +147,12 @@ class MetaLearner(Method):
         episodes = batch[self.stream.name]
         assert isinstance(episodes, Episodes)
         count = len(episodes)
-        losses, logits = self.meta_batch_losses(episodes)
+        losses, outputs = self.meta_batch_losses(episodes)
         objectives = {f"episode{i}": losses[i] / count for i in range(count)}
-        correct = (logits.detach().argmax(-1) == episodes.query_y).float().mean(-1).sum()
+        if self.task.kind == "regression":
+            error = (outputs.detach().reshape(episodes.query_y.shape) - episodes.query_y).pow(2).mean()
+            return StepOutput(objectives, logs={"query_mse": float(error)})
+        correct = (outputs.detach().argmax(-1) == episodes.query_y).float().mean(-1).sum()
         return StepOutput(objectives, logs={"query_accuracy": 100.0 * float(correct) / count})
 
     def episode_predictor(self) -> Callable[[Episodes], Tensor]:
@@ -168,6 +175,12 @@ class MetaLearner(Method):
     def logits(self, params: Params, x: Inputs) -> Tensor:
         """The task's output with ``params`` in place of the model's parameters of the same names."""
         return functional_call(self.model, params, (x,), strict=False)[self.task.name]
+
+    def loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """The task's loss (cross-entropy for classes, squared error for a regression target) on one episode."""
+        if self.task.kind == "regression":  # a head called directly (ANIL) keeps its output dimension
+            output = output.reshape(y.shape)
+        return task_loss(self.task, output, y, masked=False)
 
     def head_names(self) -> list[str]:
         prefix = f"heads.{self.task.name}."
@@ -225,7 +238,3 @@ def with_gradients(values: Tensor, gradients: Sequence[Tensor | None], inputs: S
 def detached(params: Params) -> Params:
     """Leaf copies of ``params`` that require gradients (a test-time inner loop that leaves the model alone)."""
     return {n: p.detach().requires_grad_(True) for n, p in params.items()}
-
-
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(logits, y)

@@ -10,11 +10,12 @@ Omniglot in the paper: conv-4, 60-way 5-query training episodes for 1-shot testi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from crosstask.data.inputs import Inputs, batch_size, concat
 from crosstask.evaluation.episodes import flat_features, prototype_logits
-from crosstask.methods.meta_learning import MetaLearner, cross_entropy
+from crosstask.methods.meta_learning import MetaLearner
 from crosstask.registry import METHODS, ComponentConfig
 
 
@@ -23,6 +24,7 @@ class ProtoNet(MetaLearner):
     """Prototypical networks: queries classified by the nearest support class mean of the features."""
 
     uses_head = False
+    supports_regression = False
 
     def query_logits(self, support: Inputs, support_y: Tensor, query: Inputs, ways: int) -> Tensor:
         z = flat_features(self.model, concat([support, query]))
@@ -33,7 +35,7 @@ class ProtoNet(MetaLearner):
         self, support: Inputs, support_y: Tensor, query: Inputs, query_y: Tensor, ways: int
     ) -> tuple[Tensor, Tensor]:
         logits = self.query_logits(support, support_y, query, ways)
-        return cross_entropy(logits, query_y), logits
+        return F.cross_entropy(logits, query_y), logits
 
     def adapt_and_predict(self, support: Inputs, support_y: Tensor, query: Inputs, ways: int) -> Tensor:
         with torch.no_grad():
