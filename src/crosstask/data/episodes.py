@@ -128,6 +128,26 @@ def _labels(dataset: Dataset, key: str, where: str) -> Tensor:
     return labels.long()
 
 
+def _choose(n: int, k: int, generator: torch.Generator) -> Tensor:
+    """``k`` distinct indices of ``range(n)``, uniformly: by rejection when ``k`` is small against ``n`` (a
+    permutation of 100000 classes per episode would cost more than the step)."""
+    if 4 * k > n:
+        return torch.randperm(n, generator=generator)[:k]
+    chosen: list[int] = []
+    while len(chosen) < k:
+        c = int(torch.randint(n, (1,), generator=generator))
+        if c not in chosen:
+            chosen.append(c)
+    return torch.tensor(chosen)
+
+
+def _groups(labels: Tensor) -> dict[int, Tensor]:
+    """The sample indices of every label value, in one sort (a pool may hold 100000 classes)."""
+    order = torch.argsort(labels, stable=True)
+    values, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    return dict(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
+
+
 def class_part(classes: Tensor, config: EpisodeConfig) -> Tensor:
     """The classes of ``config.classes``: all, or one part of a deterministic partition by ``class_seed``."""
     if config.classes == "all":
@@ -161,7 +181,8 @@ class EpisodeSampler:
             return
         self.fixed = []
         classes = class_part(labels[labels >= 0].unique(), config)  # -1: a sample without a class
-        members = {int(c): (labels == c).nonzero().flatten() for c in classes}
+        groups = _groups(labels)
+        members = {c: groups[c] for c in classes.tolist()}
         short = {c: len(m) for c, m in members.items() if len(m) < config.per_class}
         if short:
             shown = ", ".join(f"class {c}: {n}" for c, n in list(short.items())[:5])
@@ -221,7 +242,7 @@ class EpisodeSampler:
             return self.fixed[i % len(self.fixed)]
         config = self.config
         generator = torch.Generator().manual_seed(_seed(self.seed, self.name, i))
-        chosen = torch.randperm(len(self.members), generator=generator)[: config.ways]
+        chosen = _choose(len(self.members), config.ways, generator)
         support, query = [], []
         for c in chosen.tolist():
             members = self.members[c]

@@ -46,7 +46,9 @@ def cross_entropy(output: Tensor, target: Tensor, masked: bool = True) -> Tensor
 def binary_cross_entropy(output: Tensor, target: Tensor, masked: bool = True) -> Tensor:
     """Sigmoid binary cross-entropy per label (multilabel); NaN marks a missing label."""
     if not masked:
-        return F.binary_cross_entropy_with_logits(_wide(output), target.reshape(output.shape).to(_wide(output).dtype))
+        return F.binary_cross_entropy_with_logits(
+            _wide(output), target.reshape(output.shape).to(_wide(output).dtype)
+        )
     target, mask = _real_targets(_wide(output), target)
     per_label = F.binary_cross_entropy_with_logits(_wide(output), target, reduction="none")
     return _masked_mean(per_label, mask)
