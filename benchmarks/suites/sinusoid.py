@@ -8,7 +8,9 @@ adapt on and 50 to score, mean squared error after 1 and after 10 gradient steps
 al.'s Figure 3), mean ± std over the seeds. The paper trains 70000 meta-iterations on freshly drawn waves;
 here ``train.steps`` (3000 by default) on a pool of 100000 waves: every record's ``protocol`` says so.
 Published anchor (Figure 3, no table): at K = 5 and K = 10, MAML's error after one step is a fraction of
-the pretrained baseline's, which improves little with more steps.
+the pretrained baseline's, which improves little with more steps. ``maml_pcgrad``: MAML with PCGrad
+balancing the 25 episodes of each meta-batch (each episode is an objective), the weighting of meta-objectives
+the engine allows for every method.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from crosstask.experiment import evaluate_run
 SEEDS = [0, 1, 2]
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "meta"
 SHOTS = (5, 10)
-METHODS = ("maml", "baseline")
+METHODS = ("maml", "baseline", "maml_pcgrad")
+VARIANTS = {"maml_pcgrad": ("maml", ["weighting=pcgrad"])}  # a weighting over the meta-batch's 25 episodes
 PAPER_STEPS = 70000
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,14 @@ def run(options: dict) -> list[Record]:
     records = []
     for shots in SHOTS:
         for method in chosen:
-            config = CONFIGS / f"sinusoid_{method}.yaml"
+            base, extra = VARIANTS.get(method, (method, []))
+            config = CONFIGS / f"sinusoid_{base}.yaml"
             after: dict[int, list[float]] = {1: [], 10: []}
             runs: list[RunProvenance] = []
             for seed in seeds:
                 overrides = [
-                    *overrides_for(method, shots),
+                    *overrides_for(base, shots),
+                    *extra,
                     *quick,
                     f"seed={seed}",
                     f"output_dir={output}",
@@ -65,7 +70,7 @@ def run(options: dict) -> list[Record]:
                 result, provenance = run_experiment(config, overrides, reuse=options.get("reuse_runs", False))
                 runs.append(provenance)
                 after[10].append(result.metrics["new_waves/y/mse"])
-                one = "method.test_steps=1" if method == "maml" else "method.episode_steps=1"
+                one = "method.test_steps=1" if base == "maml" else "method.episode_steps=1"
                 after[1].append(evaluate_run(result.run_dir, "last", [*overrides, one])["new_waves/y/mse"])
                 log.info(
                     "sinusoid K=%d %s seed %d: MSE %.3f / %.3f",
@@ -75,7 +80,7 @@ def run(options: dict) -> list[Record]:
                     after[1][-1],
                     after[10][-1],
                 )
-            steps = load_config(config, [*overrides_for(method, shots), *quick]).train.steps
+            steps = load_config(config, [*overrides_for(base, shots), *quick]).train.steps
             for count, values in after.items():
                 records.append(
                     Record.measured(
