@@ -441,3 +441,17 @@ def test_image_folder_layout_errors(tmp_path: Path) -> None:
     (folder / "empty_class" / "readme.txt").write_text("x")
     with pytest.raises(DataError, match=r"empty_class holds no images .*\.txt"):
         images(tmp_path, path=str(folder))
+
+
+def test_image_folder_episodes_read_images_from_disk(tmp_path: Path) -> None:
+    """A dataset not held in memory gives episodes too (samples read one by one)."""
+    from crosstask.data.episodes import EpisodeConfig, EpisodeSampler
+
+    folder = make_images(tmp_path / "pets")
+    data = images(tmp_path, path=str(folder), size=16, normalize="none")
+    sampler = EpisodeSampler(data, EpisodeConfig(ways=2, shots=1, queries=2), "label", "pets")
+    episodes = sampler.draw(0, 3)
+    assert episodes.support.shape == (3, 2, 3, 16, 16) and episodes.query.shape == (3, 4, 3, 16, 16)
+    red = episodes.support[:, :, 0].mean((-1, -2)) > episodes.support[:, :, 2].mean((-1, -2))
+    cat = torch.tensor([data.dataset.targets[i] == 0 for i in sampler.indices(0)[0].tolist()])
+    assert torch.equal(red[0], cat)  # each support image is the class the episode says
