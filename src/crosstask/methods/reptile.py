@@ -3,7 +3,8 @@
 Per episode, ``inner_steps`` plain gradient steps of size ``inner_lr`` from θ on the episode's samples give
 φᵢ; the meta-update moves θ toward them, θ ← θ + ε · mean(φᵢ − θ). Here that update is the gradient of the
 objective ½‖θ − φᵢ‖² (φᵢ held constant), so the outer optimizer's ``lr`` is Reptile's ε: use ``sgd`` with
-``lr`` 1.0 and a linear decay to 0 for the paper's schedule (Adam on the same "gradient", as some
+``momentum: 0`` (the optimizer's default momentum 0.9 would overshoot the interpolation tenfold and collapse
+the network), ``lr`` 1.0 and a linear decay to 0 for the paper's schedule (Adam on the same "gradient", as some
 implementations do, also works). The inner loop trains on the support and the query samples of an episode
 (``use_queries``): Nichol et al. train with more shots than they test with; at test time it sees the
 support set only.
