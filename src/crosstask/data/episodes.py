@@ -14,7 +14,6 @@ runs) come from labels that name each sample's episode and role (``fixed``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from crosstask.data.domains import Domain
-from crosstask.data.inputs import Inputs, as_inputs, to_device
+from crosstask.data.inputs import Inputs, as_inputs, select, stack, to_device
+from crosstask.data.streams import stream_seed
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, DataError
 from crosstask.registry import StrictModel
@@ -88,7 +88,7 @@ class Episodes:
 
     def episode(self, i: int) -> tuple[Inputs, Tensor, Inputs, Tensor]:
         """Support inputs and labels, query inputs and labels of episode ``i``."""
-        return _index(self.support, i), self.support_y[i], _index(self.query, i), self.query_y[i]
+        return select(self.support, i), self.support_y[i], select(self.query, i), self.query_y[i]
 
     def to(self, device: torch.device) -> Episodes:
         return Episodes(
@@ -98,21 +98,6 @@ class Episodes:
             self.query_y.to(device),
             self.ways,
         )
-
-
-def _index(x: Inputs, i: int) -> Inputs:
-    return {k: v[i] for k, v in x.items()} if isinstance(x, Mapping) else x[i]
-
-
-def _stack(items: list[Inputs]) -> Inputs:
-    if isinstance(items[0], Mapping):
-        return {k: torch.stack([item[k] for item in items]) for k in items[0]}
-    return torch.stack(items)
-
-
-def _seed(seed: int, name: str, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{name}/episode/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _labels(dataset: Dataset, key: str, where: str) -> Tensor:
@@ -182,22 +167,24 @@ class EpisodeSampler:
         self.fixed = []
         classes = class_part(labels[labels >= 0].unique(), config)  # -1: a sample without a class
         groups = _groups(labels)
-        members = {c: groups[c] for c in classes.tolist()}
-        short = {c: len(m) for c, m in members.items() if len(m) < config.per_class}
+        self.members = [groups[c] for c in classes.tolist()]
+        short = {
+            c: len(m)
+            for c, m in zip(classes.tolist(), self.members, strict=True)
+            if len(m) < config.per_class
+        }
         if short:
             shown = ", ".join(f"class {c}: {n}" for c, n in list(short.items())[:5])
             raise DataError(
                 f"domain '{name}': an episode takes {config.shots} support + {config.queries} query samples per class, "
-                f"but {len(short)} of {len(members)} classes have fewer ({shown}); lower shots or queries, or "
+                f"but {len(short)} of {len(self.members)} classes have fewer ({shown}); lower shots or queries, or "
                 "leave those classes out of the dataset"
             )
-        if len(members) < config.ways:
+        if len(self.members) < config.ways:
             raise DataError(
                 f"domain '{name}': {config.ways}-way episodes need at least {config.ways} classes in label '{label}', "
-                f"the {config.classes} classes number {len(members)}; lower ways or use more classes"
+                f"the {config.classes} classes number {len(self.members)}; lower ways or use more classes"
             )
-        self.classes = classes
-        self.members = [members[int(c)] for c in classes]
         self.count = config.episodes  # episodes an evaluation averages over
 
     def _fixed_episodes(
@@ -241,7 +228,7 @@ class EpisodeSampler:
         if self.fixed:
             return self.fixed[i % len(self.fixed)]
         config = self.config
-        generator = torch.Generator().manual_seed(_seed(self.seed, self.name, i))
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, f"{self.name}/episode", i))
         chosen = _choose(len(self.members), config.ways, generator)
         support, query = [], []
         for c in chosen.tolist():
@@ -264,7 +251,7 @@ class EpisodeSampler:
         else:
             items = [self.dataset[i] for i in index.tolist()]
             items = [item[0] if isinstance(item, tuple | list) else item for item in items]
-            x = _stack([as_inputs(item) for item in items])
+            x = stack([as_inputs(item) for item in items])
         return as_inputs(x)
 
     def draw(self, first: int, count: int) -> Episodes:
@@ -273,9 +260,9 @@ class EpisodeSampler:
         if self.targets is not None:
             parts = [(s, self.targets[s], q, self.targets[q]) for s, _, q, _ in parts]
         return Episodes(
-            _stack([self.inputs(s) for s, _, _, _ in parts]),
+            stack([self.inputs(s) for s, _, _, _ in parts]),
             torch.stack([y for _, y, _, _ in parts]),
-            _stack([self.inputs(q) for _, _, q, _ in parts]),
+            stack([self.inputs(q) for _, _, q, _ in parts]),
             torch.stack([y for _, _, _, y in parts]),
             self.config.ways,
         )

@@ -71,6 +71,18 @@ def concat(batches: Sequence[Inputs]) -> Inputs:
     return torch.cat(list(batches))
 
 
+def stack(items: Sequence[Inputs]) -> Inputs:
+    """Batches of equal size stacked along a new leading dimension (a meta-batch of episodes)."""
+    if isinstance(items[0], Mapping):
+        return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    return torch.stack(list(items))
+
+
+def select(x: Inputs, i: int) -> Inputs:
+    """Element ``i`` of the leading dimension (one episode of a meta-batch)."""
+    return {k: v[i] for k, v in x.items()} if isinstance(x, Mapping) else x[i]
+
+
 def split(x: Inputs, sizes: Sequence[int]) -> list[Inputs]:
     """The inverse of :func:`concat`: batches of ``sizes`` samples."""
     if isinstance(x, Mapping):

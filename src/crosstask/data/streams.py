@@ -268,8 +268,9 @@ def _first_difference(a: Any, b: Any, path: str = "sample") -> tuple[str, Any, A
     return None if a == b else (f"{path} shape" if isinstance(a, tuple) else path, a, b)
 
 
-def _stream_seed(seed: int, name: str, epoch: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{name}/{epoch}".encode()).digest()
+def stream_seed(seed: int, name: str, index: int) -> int:
+    """A 63-bit seed for draw ``index`` of stream ``name`` in a run seeded ``seed`` (epochs, episodes)."""
+    digest = hashlib.sha256(f"{seed}/{name}/{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -323,7 +324,7 @@ class Stream:
         """Dataset indices of the ``batch``-th batch of this stream."""
         epoch, position = divmod(batch, self.batches_per_epoch)
         if epoch != self._perm_epoch:
-            generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.name, epoch))
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, self.name, epoch))
             self._perm = torch.randperm(len(self.dataset), generator=generator)
             self._perm_epoch = epoch
         start = position * self.batch_size
@@ -347,7 +348,7 @@ class Stream:
             if self._loader is None:
                 # a seeded generator: creating the iterator must not draw from the global RNG (exact resume)
                 generator = torch.Generator().manual_seed(
-                    _stream_seed(self.seed, f"{self.name}/loader", batch)
+                    stream_seed(self.seed, f"{self.name}/loader", batch)
                 )
                 self._loader = iter(
                     DataLoader(

@@ -34,7 +34,7 @@ import logging
 
 import torch
 from torch import Tensor
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from crosstask.data.episodes import Episodes
 from crosstask.data.inputs import Inputs
@@ -71,6 +71,7 @@ class MAML(MetaLearner):
         steps: int,
         lr: float | Params,
         create_graph: bool,
+        functional: bool = False,
     ) -> Params:
         inner = params if self.inner_names() is None else {n: params[n] for n in self.inner_names()}
         rest = {n: p for n, p in params.items() if n not in inner}
@@ -78,7 +79,8 @@ class MAML(MetaLearner):
         def support_loss(fast: Params) -> Tensor:
             return self.loss(self.logits({**rest, **fast}, support), support_y)
 
-        return {**rest, **sgd_steps(support_loss, inner, steps, lr, create_graph=create_graph)}
+        fast = sgd_steps(support_loss, inner, steps, lr, create_graph=create_graph, functional=functional)
+        return {**rest, **fast}
 
     def episode_loss(
         self, support: Inputs, support_y: Tensor, query: Inputs, query_y: Tensor, ways: int
@@ -197,26 +199,14 @@ class MAML(MetaLearner):
     ) -> tuple[Tensor, list[Tensor | None], Tensor]:
         """All episodes at once: vmap over the episodes of grad_and_value of the whole episode."""
         steps, first_order = self.config.inner_steps, self.config.first_order
-        names = self.inner_names()
         fixed_lr = {n: v.detach() for n, v in lr.items() if n not in rates} if isinstance(lr, dict) else lr
 
         def episode(
             theta: Params, alpha: Params, support: Inputs, support_y: Tensor, query: Inputs, query_y: Tensor
         ) -> tuple[Tensor, Tensor]:
-            inner = dict(theta) if names is None else {n: theta[n] for n in names}
-            rest = {n: p for n, p in theta.items() if n not in inner}
             step = {**fixed_lr, **alpha} if isinstance(fixed_lr, dict) else fixed_lr
-
-            def support_loss(fast: Params) -> Tensor:
-                return self.loss(self.logits({**rest, **fast}, support), support_y)
-
-            fast = inner
-            for _ in range(steps):
-                g = grad(support_loss)(fast)
-                if first_order:
-                    g = {n: v.detach() for n, v in g.items()}
-                fast = {n: fast[n] - (step[n] if isinstance(step, dict) else step) * g[n] for n in fast}
-            logits = self.logits({**rest, **fast}, query)
+            fast = self.adapt(support, support_y, theta, steps, step, not first_order, functional=True)
+            logits = self.logits(fast, query)
             return self.loss(logits, query_y), logits.detach()
 
         theta = {n: p.detach() for n, p in params.items()}

@@ -194,14 +194,20 @@ def sgd_steps(
     lr: float | Params,
     *,
     create_graph: bool,
+    functional: bool = False,
 ) -> Params:
     """``steps`` plain gradient steps on ``loss_of`` from ``params`` (step size per tensor when ``lr`` is a
     dict). With ``create_graph`` the result stays differentiable through the steps (second-order
-    meta-gradients); without, each step's gradient is a constant (first order)."""
+    meta-gradients); without, each step's gradient is a constant (first order). ``functional``: the steps
+    run inside a ``torch.func`` transform (vmap over episodes), so the gradients come from ``torch.func.grad``."""
     fast = dict(params)
     for _ in range(steps):
         names = list(fast)
-        grads = torch.autograd.grad(loss_of(fast), [fast[n] for n in names], create_graph=create_graph)
+        if functional:
+            found = torch.func.grad(loss_of)(fast)
+            grads = [found[n] if create_graph else found[n].detach() for n in names]
+        else:
+            grads = torch.autograd.grad(loss_of(fast), [fast[n] for n in names], create_graph=create_graph)
         fast = {
             n: fast[n] - (lr[n] if isinstance(lr, dict) else lr) * g
             for n, g in zip(names, grads, strict=True)

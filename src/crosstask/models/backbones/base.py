@@ -182,6 +182,19 @@ def tensor_shape(shape: SampleShape, name: str) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def require_built_shape(shape: SampleShape, built: tuple[int, int, int], name: str, reason: str) -> None:
+    """A :class:`DataError` unless ``shape`` is the image shape a backbone was built for (its layers are sized by
+    it: ``reason`` says how)."""
+    given = tensor_shape(shape, name)
+    if given != built:
+        c, h, w = built
+        raise DataError(
+            f"backbone '{name}' was built for images of shape {built} ({c} channel(s), {h}x{w}) but got samples "
+            f"of shape {describe_shape(given)} ({reason}); give every training stream and evaluation set the "
+            f"same channels and size (dataset keys such as size: {h})"
+        )
+
+
 def read_state_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict saved with ``torch.save`` (possibly nested under 'state_dict' or 'model').
 

@@ -16,14 +16,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.errors import ConfigError, DataError
+from crosstask.errors import ConfigError
 from crosstask.models.backbones.base import (
     Backbone,
     BackboneConfig,
     SampleShape,
-    describe_shape,
+    require_built_shape,
     require_shape,
-    tensor_shape,
 )
 from crosstask.registry import BACKBONES
 
@@ -67,14 +66,9 @@ class Conv4(Backbone):
 
     def validate_input(self, shape: SampleShape) -> None:
         """Samples must have the shape conv4 was built for: its feature count (and the heads) follow the size."""
-        given = tensor_shape(shape, "conv4")
-        if given != self.input_shape:
-            c, h, w = self.input_shape
-            raise DataError(
-                f"backbone 'conv4' was built for images of shape {self.input_shape} ({c} channel(s), {h}x{w}) but "
-                f"got samples of shape {describe_shape(given)}; give every training stream and evaluation set the "
-                f"same channels and size (dataset keys such as size: {h})"
-            )
+        require_built_shape(
+            shape, self.input_shape, "conv4", "its feature count, and the heads, follow the size"
+        )
 
     def _container(self) -> nn.Module:
         return self.blocks  # layers "0".."3" for freeze_until

@@ -14,14 +14,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from crosstask.errors import ConfigError, DataError
+from crosstask.errors import ConfigError
 from crosstask.models.backbones.base import (
     Backbone,
     BackboneConfig,
     SampleShape,
-    describe_shape,
+    require_built_shape,
     require_shape,
-    tensor_shape,
 )
 from crosstask.registry import BACKBONES
 
@@ -66,14 +65,7 @@ class LeNet(Backbone):
 
     def validate_input(self, shape: SampleShape) -> None:
         """Samples must be images of the shape LeNet was built for (its fully connected layer is sized by it)."""
-        given = tensor_shape(shape, "lenet")
-        if given != self.input_shape:
-            c, h, w = self.input_shape
-            raise DataError(
-                f"backbone 'lenet' was built for images of shape {self.input_shape} ({c} channel(s), {h}x{w}) "
-                f"but got samples of shape {describe_shape(given)}; give every training stream and evaluation "
-                f"set the same channels and size (dataset keys such as size: {h})"
-            )
+        require_built_shape(shape, self.input_shape, "lenet", "its fully connected layer is sized by it")
 
     def stages(self) -> list[nn.Module]:
         return [self.conv1, self.conv2, self.fc]
