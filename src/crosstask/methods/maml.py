@@ -21,8 +21,8 @@ same gradients as through the autograd graph:
   batch-norm statistics).
 
 ``auto`` (the default) takes the loop on CPU, where it measured faster than vmap (conv-4, 5-way 1-shot, 5
-inner steps, meta-batch 16, one thread: 2.8 s against 3.9 s per meta-step, and 110 MB against 3.5 GB of
-peak memory; benchmarks/suites/meta_speed.py), and vmap on other devices, where one batched kernel per layer
+inner steps, meta-batch 16, one thread, busy cores: 6.1 s against 9.7 s per meta-step, and 130 MB against
+3.6 GB of peak memory; benchmarks/results/meta_speed.md, commit 7cdbeae), and vmap on other devices, where one batched kernel per layer
 replaces one per episode (not measured in this repository yet); the loop when the model keeps running
 statistics, or after vmap failed once. Subclasses that change :meth:`MAML.episode_loss` (Reptile) compute their episodes with the
 graph-keeping loop of :class:`~crosstask.methods.meta_learning.MetaLearner`.
