@@ -44,6 +44,7 @@ _EXPORTS = {
     "Task": "crosstask.data.tasks",
     "TrainingDiverged": "crosstask.errors",
     "TransferModel": "crosstask.models.model",
+    "WarpConfig": "crosstask.modules.augment",
     "evaluate_run": "crosstask.experiment",
     "fit": "crosstask.experiment",
     "leave_one_domain_out": "crosstask.lodo",
@@ -76,6 +77,7 @@ __all__ = [
     "Task",
     "TrainingDiverged",
     "TransferModel",
+    "WarpConfig",
     "evaluate_run",
     "fit",
     "leave_one_domain_out",
@@ -120,5 +122,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from crosstask.experiment import RunResult, evaluate_run, fit, run
     from crosstask.lodo import LodoResult, leave_one_domain_out
     from crosstask.models.model import MultiTaskModel, TransferModel
+    from crosstask.modules.augment import WarpConfig
     from crosstask.registry import Registry
     from crosstask.validators.selection import RunSelection, select_runs

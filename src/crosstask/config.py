@@ -32,6 +32,7 @@ from crosstask.components import validate_python as validate_python
 from crosstask.data.episodes import EpisodeConfig
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError
+from crosstask.modules.augment import WarpConfig
 from crosstask.registry import (
     ARCHITECTURES,
     BACKBONES,
@@ -59,6 +60,10 @@ class DomainConfig(StrictModel):
     batch_size: int | None = Field(default=None, ge=1, description="overrides train.batch_size")
     episodes: EpisodeConfig | None = Field(
         default=None, description="read this domain as few-shot episodes (meta-learning; episodic evaluation)"
+    )
+    augment: WarpConfig | None = Field(
+        default=None,
+        description="random affine warps of this stream's images while training ({} for the defaults)",
     )
 
 
@@ -109,6 +114,17 @@ class DataConfig(StrictModel):
     def _domain_names(cls, value: dict[str, DomainConfig]) -> dict[str, DomainConfig]:
         for name in value:
             check_name(name, "domain")
+        return value
+
+    @field_validator("eval")
+    @classmethod
+    def _no_augmented_evaluation(cls, value: dict[str, DomainConfig]) -> dict[str, DomainConfig]:
+        warped = [name for name, domain in value.items() if domain.augment is not None]
+        if warped:
+            raise ValueError(
+                f"evaluation set(s) {', '.join(warped)} set augment:, which only training streams use; "
+                "remove it (evaluation reads the images as they are)"
+            )
         return value
 
 

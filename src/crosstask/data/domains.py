@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
     from crosstask.data.episodes import EpisodeConfig
+    from crosstask.modules.augment import WarpConfig
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Domain:
         tasks: the tasks labeled in this domain; ``None`` means every task of the run.
         batch_size: overrides the run's batch size for this stream.
         episodes: read the domain as few-shot episodes (:mod:`crosstask.data.episodes`).
+        augment: random affine warps of its images while training (:class:`~crosstask.modules.augment.WarpConfig`).
     """
 
     name: str
@@ -30,3 +32,4 @@ class Domain:
     tasks: list[str] | None = None
     batch_size: int | None = None
     episodes: EpisodeConfig | None = None
+    augment: WarpConfig | None = None

@@ -26,9 +26,10 @@ from torch.utils.data import Dataset
 
 from crosstask.data.domains import Domain
 from crosstask.data.inputs import Inputs, as_inputs, select, stack, to_device
-from crosstask.data.streams import stream_seed
+from crosstask.data.streams import stream_seed, warp
 from crosstask.data.tasks import Task
 from crosstask.errors import ConfigError, DataError
+from crosstask.modules.augment import WarpConfig
 from crosstask.registry import StrictModel
 
 
@@ -271,10 +272,13 @@ class EpisodeSampler:
 class EpisodeStream:
     """An infinite, resumable stream of meta-batches (``tasks`` episodes each) over one training domain."""
 
-    def __init__(self, sampler: EpisodeSampler, device: torch.device | str = "cpu"):
+    def __init__(
+        self, sampler: EpisodeSampler, device: torch.device | str = "cpu", augment: WarpConfig | None = None
+    ):
         self.sampler = sampler
         self.name = sampler.name
         self.device = torch.device(device)
+        self.augment = augment  # warps of the support and query images
         self.consumed = 0  # meta-batches drawn
 
     def __iter__(self) -> EpisodeStream:
@@ -282,9 +286,13 @@ class EpisodeStream:
 
     def __next__(self) -> Episodes:
         tasks = self.sampler.config.tasks
-        episodes = self.sampler.draw(self.consumed * tasks, tasks)
+        episodes = self.sampler.draw(self.consumed * tasks, tasks).to(self.device)
+        if self.augment is not None:
+            seed, index = self.sampler.seed, self.consumed
+            episodes.support = warp(episodes.support, self.augment, seed, f"{self.name}/support", index)
+            episodes.query = warp(episodes.query, self.augment, seed, f"{self.name}/query", index)
         self.consumed += 1
-        return episodes.to(self.device)
+        return episodes
 
     def state_dict(self) -> dict[str, int]:
         return {"consumed": self.consumed}

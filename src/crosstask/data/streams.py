@@ -31,6 +31,7 @@ from crosstask.data.inputs import Inputs, as_inputs, to_device
 from crosstask.data.inputs import batch_size as count_samples
 from crosstask.data.tasks import Task
 from crosstask.errors import DataError
+from crosstask.modules.augment import WarpConfig, warp_images
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,18 @@ def stream_seed(seed: int, name: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def warp(x: Inputs, config: WarpConfig, seed: int, name: str, index: int) -> Inputs:
+    """Batch ``index`` of stream ``name`` through random affine warps drawn from (seed, name, index): the same
+    warps on a resumed run."""
+    where = f"domain '{name}'"
+    if isinstance(x, Mapping):
+        raise DataError(
+            f"{where}: augment warps images, but its inputs are a dict ({', '.join(x)}); remove augment: from it"
+        )
+    generator = torch.Generator().manual_seed(stream_seed(seed, f"{name}/augment", index))
+    return warp_images(x, config, generator, where)
+
+
 class Stream:
     """An infinite, resumable iterator of :class:`Batch` over one domain."""
 
@@ -292,6 +305,7 @@ class Stream:
             raise DataError(f"domain '{domain.name}' has no samples")
         self.name = domain.name
         self.dataset = domain.dataset
+        self.augment = domain.augment
         self.labels = LabelReader(domain, tasks, domain.labeled)
         for task, label in self.labels.single_class.items():
             log.warning(
@@ -370,7 +384,10 @@ class Stream:
             indices = functools.partial(self.indices, batch)  # only called when a label is out of range
 
         self.consumed += 1
-        return self._to_batch(sample, indices)
+        out = self._to_batch(sample, indices)
+        if self.augment is not None:
+            out.x = warp(out.x, self.augment, self.seed, self.name, batch)
+        return out
 
     def _collate_error(self, batch: int) -> DataError | None:
         """Why the samples of a batch could not be collated, when one of them differs in structure from

@@ -434,6 +434,12 @@ def fit(
     if not domains:
         raise ConfigError("fit() needs training data: pass data=, source= (and target=), or streams=")
     eval_domains = {k: _as_domain(k, v, True, eval_episodes) for k, v in (eval or {}).items()}
+    for key, domain in eval_domains.items():
+        if domain.augment is not None:
+            raise ConfigError(
+                f"evaluation set '{key}' sets augment, which only training streams use; pass its Domain "
+                "without augment= (evaluation reads the images as they are)"
+            )
     train_config = validate_python(
         TrainConfig, {"steps": steps, "batch_size": batch_size, **train_options}, "train"
     )
@@ -460,6 +466,7 @@ def fit(
                     "labeled": d.labeled,
                     "tasks": d.tasks,
                     **({"episodes": d.episodes.model_dump(mode="json")} if d.episodes is not None else {}),
+                    **({"augment": d.augment.model_dump(mode="json")} if d.augment is not None else {}),
                 }
                 for k, d in ds.items()
             }

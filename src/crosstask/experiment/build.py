@@ -63,6 +63,7 @@ def build_domains(experiment: Experiment, part: str) -> dict[str, Domain]:
             d.tasks,
             d.batch_size,
             d.episodes,
+            d.augment if part == "train" else None,
         )
         for name, d in getattr(experiment.data, part).items()
     }
@@ -229,7 +230,7 @@ def build_streams(
         log.info("method '%s' does not draw from stream(s) %s", method.name, ", ".join(unused))
     return MultiStream(
         {
-            name: EpisodeStream(episode_sampler(d, tasks, seed)[1], device)
+            name: EpisodeStream(episode_sampler(d, tasks, seed)[1], device, d.augment)
             if d.episodes is not None
             else Stream(
                 d,

@@ -26,6 +26,10 @@ paper only augments images:
 - weak: gaussian noise of ``noise`` times each feature's standard deviation in the batch;
 - strong: noise of ``strong_noise`` times that, and feature dropout: each feature of each sample replaced by
   its batch mean with probability ``feature_dropout``.
+
+Training streams may also warp their images (``data.train.<name>.augment``, :class:`WarpConfig`): the small
+random affine distortions of Koch, Zemel & Salakhutdinov 2015 ("Siamese Neural Networks for One-shot Image
+Recognition", ICML deep learning workshop, section 3.3), which the Omniglot one-shot literature uses.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from crosstask.registry import ComponentConfig
+from crosstask.errors import DataError
+from crosstask.registry import ComponentConfig, StrictModel
 
 
 class AugmentConfig(ComponentConfig):
@@ -183,6 +188,61 @@ def cutout_images(x: Tensor, largest: float, generator: torch.Generator) -> Tens
     square = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
     low, high = _range(x)
     return torch.where(square, (low + high) / 2, x)
+
+
+class WarpConfig(StrictModel):
+    """Random affine warps of a training stream's images (``data.train.<name>.augment``).
+
+    Each image gets its own warp; each of the four parts (rotation, shear, scale, translation) is applied
+    with probability ``probability``, at a magnitude drawn uniformly from its range. The defaults are Koch et
+    al.'s (2015, section 3.3): rotation within ±10°, shear within ±0.3, scale within [0.8, 1.2] per axis,
+    translation within ±2 of their 105 pixels (``translate=0.02`` of the side), each part with probability
+    1/2. The border is extended into the gaps.
+    """
+
+    rotate: float = Field(default=10.0, ge=0.0, le=180.0, description="largest rotation, degrees")
+    shear: float = Field(default=0.3, ge=0.0, le=1.0, description="largest shear, in x and in y")
+    scale: float = Field(
+        default=0.2, ge=0.0, lt=1.0, description="largest relative change of scale, per axis"
+    )
+    translate: float = Field(
+        default=0.02, ge=0.0, lt=0.5, description="largest shift, a fraction of the side"
+    )
+    probability: float = Field(default=0.5, ge=0.0, le=1.0, description="chance of applying each part")
+
+
+def warp_images(x: Tensor, config: WarpConfig, generator: torch.Generator, where: str = "stream") -> Tensor:
+    """Every image of ``x`` (``(..., C, H, W)``: a batch, or episodes of batches) through its own random
+    affine warp drawn from ``generator`` (on the CPU: the same warps on every device)."""
+    if x.dim() < 4 or not x.is_floating_point():
+        raise DataError(
+            f"{where}: augment warps images, but its inputs are {tuple(x.shape)} {x.dtype} tensors; remove "
+            "augment: from this stream, or give it (N, C, H, W) images"
+        )
+    leading, (channels, height, width) = x.shape[:-3], x.shape[-3:]
+    images = x.reshape(-1, channels, height, width)
+    n = len(images)
+
+    def draw(largest: float, pairs: int = 1) -> Tensor:
+        """Magnitudes in [-largest, largest], zero where the part is not applied."""
+        value = (2 * torch.rand(n, pairs, generator=generator) - 1) * largest
+        used = torch.rand(n, 1, generator=generator) < config.probability
+        return torch.where(used, value, torch.zeros_like(value))
+
+    angle = torch.deg2rad(draw(config.rotate)[:, 0])
+    shear = draw(config.shear, 2)
+    scale = 1 + draw(config.scale, 2)
+    shift = 2 * draw(config.translate, 2)  # grid coordinates span 2
+    rotation = torch.stack(
+        [torch.stack([angle.cos(), -angle.sin()], -1), torch.stack([angle.sin(), angle.cos()], -1)], -2
+    )
+    shearing = torch.eye(2).repeat(n, 1, 1)
+    shearing[:, 0, 1], shearing[:, 1, 0] = shear[:, 0], shear[:, 1]
+    linear = rotation @ shearing @ torch.diag_embed(scale)
+    theta = torch.cat([linear, shift[:, :, None]], dim=2).to(images.device)
+    grid = F.affine_grid(theta, [n, channels, height, width], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(x.dtype).reshape(*leading, channels, height, width)
 
 
 # ----------------------------------------------------------------------------- features
