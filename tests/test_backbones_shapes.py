@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,29 +15,41 @@ from crosstask.errors import ConfigError, DataError
 from crosstask.models.backbones.base import ModuleBackbone, build_backbone
 from crosstask.models.backbones.resnet import adapt_first_conv
 from crosstask.registry import BACKBONES
+from tests.text_helpers import save_tiny_bert
 
+TOKENS = {"input_ids": (16,), "attention_mask": (16,)}
 # name -> (the shape it is built for, a shape it must refuse)
-CASES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+CASES: dict[str, tuple[Any, Any]] = {
     "mlp": ((1, 8, 8), (1, 28, 28)),
     "lenet": ((1, 28, 28), (3, 28, 28)),
     "conv4": ((1, 28, 28), (1, 32, 32)),
     "resnet18": ((1, 28, 28), (3, 28, 28)),
     "resnet34": ((3, 8, 8), (3, 4, 4)),
     "resnet50": ((3, 64, 64), (64,)),
+    "transformer": (TOKENS, (1, 28, 28)),
 }
 
 
+def config_of(name: str, tmp_path: Path) -> Any:
+    """What builds backbone ``name`` here: its name, or for text encoders a tiny BERT saved in the test."""
+    if name == "transformer":
+        return {"name": name, "model": str(save_tiny_bert(tmp_path / "bert"))}
+    return name
+
+
 @pytest.mark.parametrize("name", BACKBONES.names())
-def test_validate_input_accepts_the_built_shape_and_refuses_another(name: str) -> None:
+def test_validate_input_accepts_the_built_shape_and_refuses_another(name: str, tmp_path: Path) -> None:
     assert name in CASES, f"add a good and a bad input shape for the backbone '{name}' to CASES"
     good, bad = CASES[name]
-    backbone = build_backbone(name, good)
+    backbone = build_backbone(config_of(name, tmp_path), good)
     backbone.validate_input(good)
-    backbone.validate_input(list(good))  # any sequence
+    if not isinstance(good, dict):
+        backbone.validate_input(list(good))  # any sequence
     with pytest.raises(DataError, match=name):
         backbone.validate_input(bad)
-    with pytest.raises(DataError, match="dict"):
-        backbone.validate_input({"input_ids": (16,), "attention_mask": (16,)})
+    if not isinstance(good, dict):
+        with pytest.raises(DataError, match="dict"):
+            backbone.validate_input(TOKENS)
 
 
 def test_validate_input_messages_say_what_to_change() -> None:

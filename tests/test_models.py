@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import crosstask as ct
 from crosstask.errors import ConfigError, DataError
 from crosstask.models.backbones.base import build_backbone
 from crosstask.registry import BACKBONES
+from tests.text_helpers import save_tiny_bert
 
 SHAPES = {
     "mlp": (1, 8, 8),
@@ -24,10 +26,19 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
-def test_every_backbone_honours_the_contract(name: str) -> None:
-    shape = SHAPES.get(name, (3, 32, 32))
-    backbone = build_backbone(name, shape).eval()
-    features = backbone.forward_features(torch.randn(2, *shape))
+def test_every_backbone_honours_the_contract(name: str, tmp_path: Path) -> None:
+    if name == "transformer":  # token ids, on a tiny BERT saved here
+        config: Any = {"name": name, "model": str(save_tiny_bert(tmp_path / "bert"))}
+        x: Any = {
+            "input_ids": torch.randint(4, 300, (2, 12)),
+            "attention_mask": torch.ones(2, 12, dtype=torch.long),
+        }
+        shape: Any = {k: tuple(v.shape[1:]) for k, v in x.items()}
+    else:
+        config, shape = name, SHAPES.get(name, (3, 32, 32))
+        x = torch.randn(2, *shape)
+    backbone = build_backbone(config, shape).eval()
+    features = backbone.forward_features(x)
     assert features.shape == (2, backbone.num_features)
     assert backbone.layer_names(), "freeze_until needs named layers"
 

@@ -63,13 +63,15 @@ def mhd_errors() -> list[float]:
 
 def training(config: ct.Experiment) -> str:
     """How long and on what a run trains (for the records' ``protocol``)."""
-    episodes = config.data.train["background"].episodes
+    stream = config.data.train["background"]
+    episodes = stream.episodes
     shape = (
         f"{episodes.ways}-way {episodes.shots}-shot episodes, meta-batch {episodes.tasks}"
         if episodes is not None
         else f"batches of {config.train.batch_size}"
     )
-    return f"{config.train.steps} steps ({shape})"
+    warps = ", Koch et al.'s affine warps" if stream.augment is not None else ""
+    return f"{config.train.steps} steps ({shape}{warps})"
 
 
 def protocol(method: str, overrides: list[str]) -> str:

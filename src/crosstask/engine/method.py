@@ -34,6 +34,7 @@ from crosstask.data.tasks import Task
 from crosstask.engine.events import Callback
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
+from crosstask.finetune.strategies.base import build_strategy
 from crosstask.models.model import ModelOutput, MultiTaskModel
 from crosstask.registry import ComponentConfig
 
@@ -78,6 +79,8 @@ class Method(Callback):
         self.modules = nn.ModuleDict()
         self.step = 0  # the optimizer step being computed (0-based), set by the Trainer before each step
         self.total_steps = 1  # train.steps
+        # which parameters train and when (method.finetune), for the methods whose config has the key
+        self.strategy = build_strategy(config, model)
 
     @property
     def progress(self) -> float:
@@ -108,7 +111,16 @@ class Method(Callback):
         return [s.name for s in self.train_streams]
 
     def setup(self) -> None:
-        """Prepare the model before the optimizer is built (freezing layers, say)."""
+        """Prepare the model before the optimizer is built: the fine-tuning strategy freezes layers here
+        (subclasses that override it call ``super().setup()``)."""
+        if self.strategy is not None:
+            self.strategy.setup()
+
+    def on_step_start(self, trainer: Any) -> None:
+        """Before each step: the fine-tuning strategy may unfreeze layers (gradual); subclasses that
+        override it call ``super().on_step_start(trainer)``."""
+        if self.strategy is not None:
+            self.strategy.on_step_start(self.step)
 
     def optimizer_sides(self) -> dict[str, list[nn.Parameter]] | None:
         """Parameters that step with optimizers of their own, by side name (MCD's features and classifiers);

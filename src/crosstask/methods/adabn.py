@@ -88,6 +88,7 @@ class AdaBN(Adaptation):
             )
 
     def setup(self) -> None:
+        super().setup()
         for layer in self.layers:
             layer.reset_running_stats()
             layer.momentum = None  # cumulative average over the target batches

@@ -28,11 +28,12 @@ from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, Representation, StepOutput, StreamSpec
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
-from crosstask.registry import ComponentConfig
+from crosstask.finetune.strategies.base import FinetuneOptions
 
 
-class AdaptationConfig(ComponentConfig):
-    """Keys every adaptation method takes."""
+class AdaptationConfig(FinetuneOptions):
+    """Keys every adaptation method takes (``finetune`` too: ``linear_probe`` adapts a frozen encoder's
+    features)."""
 
     task: str | None = Field(default=None, description="the task to adapt (default: the first task)")
     source: str | None = Field(

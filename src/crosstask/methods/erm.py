@@ -29,28 +29,18 @@ from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, StepOutput, labeled_losses, representation_of
 from crosstask.errors import ConfigError
 from crosstask.finetune.base import Regularizer, StreamForward, frozen_copy
-from crosstask.finetune.strategies.base import Strategy
-from crosstask.registry import FINETUNE, METHODS, REGULARIZERS, ComponentConfig, reject_unknown_keys
+from crosstask.finetune.strategies.base import FinetuneOptions
+from crosstask.registry import METHODS, REGULARIZERS
 
 log = logging.getLogger(__name__)
 
 
-class ERMConfig(ComponentConfig):
-    finetune: component(FINETUNE) = Field(
-        default="full",
-        validate_default=True,
-        description="which parameters train and when: full, linear_probe, partial, gradual, lora",
-    )
+class ERMConfig(FinetuneOptions):
     regularizers: list[component(REGULARIZERS)] = Field(
         default_factory=list,
         description="penalties toward the starting point (l2sp, delta, bss, lwf), one named loss each",
     )
     streams: list[str] | None = Field(default=None, description="labeled streams to train on (default: all)")
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any, handler: Any) -> Any:
-        return reject_unknown_keys(cls, strategy_keys_at_the_method_level(data), handler)
 
     @model_validator(mode="after")
     def _options(self) -> ERMConfig:
@@ -58,26 +48,6 @@ class ERMConfig(ComponentConfig):
         if len(set(names)) != len(names):
             raise ValueError(f"regularizers lists a name twice ({', '.join(names)}); give each one once")
         return self
-
-
-def strategy_keys_at_the_method_level(data: Any) -> Any:
-    """The older form: ``finetune: partial`` with ``freeze_until`` beside it (``gradual``: ``unfreeze_every``)
-    becomes ``finetune: {name: partial, freeze_until: ...}``."""
-    if not isinstance(data, dict) or not ({"freeze_until", "unfreeze_every"} & data.keys()):
-        return data
-    data = dict(data)
-    strategy = data.get("finetune", "full")
-    strategy = dict(strategy) if isinstance(strategy, dict) else {"name": strategy}
-    for key, owner in (("freeze_until", "partial"), ("unfreeze_every", "gradual")):
-        if key in data:
-            value = data.pop(key)
-            if value is None:
-                continue
-            if strategy.get("name") != owner:
-                raise ValueError(f"{key} applies to finetune: {owner} only")
-            strategy[key] = value
-    data["finetune"] = strategy
-    return data
 
 
 @METHODS.register("erm", config=ERMConfig)
@@ -110,7 +80,6 @@ class ERM(Method):
             r.name: entry(r, model, self.start if entry.needs_start else None)
             for r, entry in zip(config.regularizers, entries, strict=True)
         }
-        self.strategy: Strategy = FINETUNE.get(config.finetune.name).obj(config.finetune, model)
 
     @property
     def objective_names(self) -> list[str]:
@@ -127,10 +96,9 @@ class ERM(Method):
         trained = {task for spec in self.train_streams for task in spec.tasks}
         for regularizer in self.regularizers.values():
             regularizer.setup(trained)
-        self.strategy.setup()
+        super().setup()  # the fine-tuning strategy
 
     def training_step(self, batch: dict[str, Batch]) -> StepOutput:
-        self.strategy.on_step_start(self.step)
         with ExitStack() as watching:
             for regularizer in self.regularizers.values():
                 watching.enter_context(regularizer.watch())

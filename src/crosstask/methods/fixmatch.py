@@ -61,6 +61,7 @@ class FixMatch(Adaptation):
     def setup(self) -> None:
         if isinstance(self.model.input_shape, dict):
             raise self._no_dict_inputs()
+        super().setup()
 
     def _no_dict_inputs(self) -> ConfigError:
         return ConfigError(

@@ -138,6 +138,7 @@ class Generalization(Method):
 
     def on_step_start(self, trainer) -> None:
         """IRM / V-REx: clear the optimizer's state when the penalty's full weight starts."""
+        super().on_step_start(trainer)
         config = self.config
         if (
             isinstance(config, PenaltyAnnealConfig)

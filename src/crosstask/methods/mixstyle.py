@@ -106,6 +106,7 @@ class MixStyleMethod(Generalization):
 
     def setup(self) -> None:
         """Check with one dry forward pass that every hooked layer outputs something MixStyle can mix."""
+        super().setup()
         shape = getattr(self.model, "input_shape", None)
         if shape is None:
             return

@@ -89,6 +89,7 @@ class Tent(Adaptation):
             )
 
     def setup(self) -> None:
+        super().setup()
         self.model.requires_grad_(False)
         for parameter in self.affine:
             parameter.requires_grad_(True)

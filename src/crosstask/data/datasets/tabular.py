@@ -5,6 +5,10 @@ learned from the training rows only. The builder therefore makes the train/val/t
 ``split_indices`` and the config's fractions and seed, and returns all three splits so that
 :func:`~crosstask.data.datasets.base.standard_splits` uses them as they are.
 
+The reading (:class:`CsvOptions`, :func:`read_table`, :func:`resolve_path`), the partition
+(:func:`partition_rows`) and the label encoding (:class:`LabelSpec`, :func:`encode_labels`) are public: the
+``text`` family reads its CSV files and makes its labels with them.
+
 Example (UCI Adult, two binary tasks)::
 
     name: tabular
@@ -21,6 +25,7 @@ Example (UCI Adult, two binary tasks)::
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import logging
@@ -66,43 +71,32 @@ class LabelSpec(StrictModel):
         return self
 
 
-class TabularConfig(DatasetConfig):
-    """Keys of a user CSV table: files, columns, parsing and preprocessing."""
+def expand_labels(value: Any) -> Any:
+    """``income: income`` is short for ``income: {column: income}`` (a ``labels:`` mapping)."""
+    if isinstance(value, dict):
+        return {k: {"column": v} if isinstance(v, str) else v for k, v in value.items()}
+    return value
 
-    path: Path = Field(
-        description="the CSV file (.gz read transparently); relative: to the cwd, then the data root"
-    )
-    test_path: Path | None = Field(default=None, description="a second CSV used as the test split")
-    labels: dict[str, LabelSpec] = Field(
-        min_length=1, description="label name -> column name, or {column, positive, kind}"
-    )
-    features: list[str] | None = Field(
-        default=None, min_length=1, description="feature columns (default: all non-label columns)"
-    )
-    categorical: list[str] | None = Field(
-        default=None,
-        description="columns to one-hot encode (default: those holding a value that is not a number)",
-    )
-    numeric: list[str] | None = Field(default=None, description="columns that must hold numbers")
+
+def no_duplicates(value: list[str] | None) -> list[str] | None:
+    """``value`` unchanged, or a ValueError naming the entries listed more than once."""
+    if value is not None:
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(map(repr, repeated))} more than once; list each column once")
+    return value
+
+
+class CsvOptions(StrictModel):
+    """How a CSV file is parsed: separator, header, names, comments, whitespace (tabular and text)."""
+
     delimiter: str = Field(default=",", description="the one-character field separator")
     header: bool = Field(default=True, description="the first line names the columns")
     column_names: list[str] | None = Field(
         default=None, description="names for a headerless file (with header: true, they replace its names)"
     )
     comment: str | None = Field(default=None, description="skip lines starting with this prefix")
-    na_values: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_NA_VALUES), description="missing values"
-    )
     strip: bool = Field(default=True, description="strip whitespace around values")
-    normalize: bool = Field(default=True, description="standardize numeric features (train mean and std)")
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _label_shorthand(cls, value: Any) -> Any:
-        # ``income: income`` is short for ``income: {column: income}``
-        if isinstance(value, dict):
-            return {k: {"column": v} if isinstance(v, str) else v for k, v in value.items()}
-        return value
 
     @field_validator("delimiter")
     @classmethod
@@ -121,21 +115,53 @@ class TabularConfig(DatasetConfig):
             raise ValueError("comment must be a non-empty prefix such as '#' (or leave it out)")
         return value
 
-    @field_validator("features", "categorical", "numeric", "column_names")
+    @field_validator("column_names")
+    @classmethod
+    def _unique_names(cls, value: list[str] | None) -> list[str] | None:
+        return no_duplicates(value)
+
+    @model_validator(mode="after")
+    def _names_for_headerless(self) -> CsvOptions:
+        if not self.header and self.column_names is None:
+            raise ValueError("header: false needs column_names: (one name per field, in file order)")
+        return self
+
+
+class TabularConfig(DatasetConfig, CsvOptions):
+    """Keys of a user CSV table: files, columns, parsing and preprocessing."""
+
+    path: Path = Field(
+        description="the CSV file (.gz read transparently); relative: to the cwd, then the data root"
+    )
+    test_path: Path | None = Field(default=None, description="a second CSV used as the test split")
+    labels: dict[str, LabelSpec] = Field(
+        min_length=1, description="label name -> column name, or {column, positive, kind}"
+    )
+    features: list[str] | None = Field(
+        default=None, min_length=1, description="feature columns (default: all non-label columns)"
+    )
+    categorical: list[str] | None = Field(
+        default=None,
+        description="columns to one-hot encode (default: those holding a value that is not a number)",
+    )
+    numeric: list[str] | None = Field(default=None, description="columns that must hold numbers")
+    na_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NA_VALUES), description="missing values"
+    )
+    normalize: bool = Field(default=True, description="standardize numeric features (train mean and std)")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_shorthand(cls, value: Any) -> Any:
+        return expand_labels(value)
+
+    @field_validator("features", "categorical", "numeric")
     @classmethod
     def _no_duplicates(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            repeated = sorted({v for v in value if value.count(v) > 1})
-            if repeated:
-                raise ValueError(
-                    f"lists {', '.join(map(repr, repeated))} more than once; list each column once"
-                )
-        return value
+        return no_duplicates(value)
 
     @model_validator(mode="after")
     def _columns_consistent(self) -> TabularConfig:
-        if not self.header and self.column_names is None:
-            raise ValueError("header: false needs column_names: (one name per field, in file order)")
         label_columns = {spec.column: name for name, spec in self.labels.items()}
         overlap = sorted(set(self.categorical or []) & set(self.numeric or []))
         if overlap:
@@ -203,23 +229,62 @@ class _Lines:
             yield line
 
 
-def _open_text(path: Path) -> TextIO:
-    """Open ``path`` as UTF-8 text, decompressing it when it is gzipped (by content, not by name)."""
+def is_gzipped(path: Path) -> bool:
+    """Whether ``path`` is gzip-compressed, by its first bytes (not by its name)."""
     with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8-sig", newline="")
+        return raw.read(2) == b"\x1f\x8b"
 
 
-def read_table(path: Path, config: TabularConfig) -> Table:
-    """Read one CSV file into columns of strings; malformed files raise :class:`DataError` with the line."""
+def open_text(path: Path, encoding: str = "utf-8") -> TextIO:
+    """Open ``path`` as text, decompressing it when it is gzipped (by content, not by name).
+
+    UTF-8 is read as ``utf-8-sig``, so that a byte order mark at the start is dropped.
+    """
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    if is_gzipped(path):
+        return gzip.open(path, "rt", encoding=encoding, newline="")  # type: ignore[return-value]
+    return open(path, encoding=encoding, newline="")
+
+
+def undecodable_line(path: Path, encoding: str) -> int | None:
+    """The number of the first line of ``path`` that is not ``encoding`` text (None if every line is)."""
+    try:
+        with gzip.open(path, "rb") if is_gzipped(path) else open(path, "rb") as raw:
+            for number, line in enumerate(raw, start=1):
+                try:
+                    line.decode(encoding)
+                except UnicodeDecodeError:
+                    return number
+    except (OSError, EOFError, zlib.error):
+        pass
+    return None
+
+
+def decode_error(path: Path, exc: UnicodeDecodeError, encoding: str | None) -> DataError:
+    """The error for a file that is not text in ``encoding`` (None: UTF-8, with no ``encoding:`` key)."""
+    line = undecodable_line(path, encoding or "utf-8")
+    where = f"{path.name}, line {line}" if line is not None else path.name
+    if encoding is None:
+        return DataError(f"{where}: not UTF-8 text ({exc}); save the file as UTF-8 [file: {path}]")
+    return DataError(
+        f"{where}: not {encoding} text ({exc}); save the file as UTF-8, or set encoding: to the file's "
+        f"encoding (e.g. latin-1 or cp1252) [file: {path}]"
+    )
+
+
+def read_table(path: Path, config: CsvOptions, encoding: str | None = None) -> Table:
+    """Read one CSV file into columns of strings; malformed files raise :class:`DataError` with the line.
+
+    ``encoding`` is the text encoding (default UTF-8); give it when the caller has an ``encoding:`` key,
+    which the error for undecodable bytes then names.
+    """
     rows: list[list[str]] = []
     lines: list[int] = []
     header: list[str] | None = None
     header_line = 0
     try:
-        with _open_text(path) as handle:
+        with open_text(path, encoding or "utf-8") as handle:
             source = _Lines(handle, config.comment)
             for row in csv.reader(source, delimiter=config.delimiter):
                 start, source.record_start = source.record_start or source.number, None
@@ -238,7 +303,7 @@ def read_table(path: Path, config: TabularConfig) -> Table:
             f"or set delimiter: (now {config.delimiter!r}) [file: {path}]"
         ) from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from None
+        raise decode_error(path, exc, encoding) from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot be read ({exc}); replace it with an intact copy") from None
 
@@ -274,8 +339,12 @@ def read_table(path: Path, config: TabularConfig) -> Table:
     return Table(path, columns, data, lines)
 
 
-def _resolve(path: Path, root: Path, key: str) -> Path:
-    """Find a user file: absolute as given; relative from the working directory, then the data root."""
+def resolve_path(path: Path, root: Path, key: str, family: str = "tabular", kind: str = "CSV file") -> Path:
+    """Find a user file: absolute as given; relative from the working directory, then the data root.
+
+    ``key`` is the config key that names it, ``family`` the dataset family and ``kind`` what the file is,
+    for the error message.
+    """
     path = path.expanduser()
     candidates = [path] if path.is_absolute() else list(dict.fromkeys([Path.cwd() / path, root / path]))
     for candidate in candidates:
@@ -283,9 +352,9 @@ def _resolve(path: Path, root: Path, key: str) -> Path:
             return candidate
     folders = [c for c in candidates if c.is_dir()]
     if folders:
-        raise DataError(f"tabular: {key}: {folders[0]} is a folder; point {key}: at the CSV file inside it")
+        raise DataError(f"{family}: {key}: {folders[0]} is a folder; point {key}: at the {kind} inside it")
     raise DataError(
-        f"tabular: {key}: file '{path}' not found (looked at {', '.join(str(c) for c in candidates)}); fix "
+        f"{family}: {key}: file '{path}' not found (looked at {', '.join(str(c) for c in candidates)}); fix "
         f"{key}: (a relative path is tried from the working directory, then from the data root)"
     )
 
@@ -293,7 +362,7 @@ def _resolve(path: Path, root: Path, key: str) -> Path:
 # ----------------------------------------------------------------------------- encoding
 
 
-class _Rows:
+class Rows:
     """All rows of the main file followed by those of the test file, for locating values in errors."""
 
     def __init__(self, tables: list[Table]):
@@ -328,7 +397,7 @@ def parse_numbers(values: Sequence[str], na: frozenset[str]) -> tuple[np.ndarray
     raise AssertionError("unreachable: a value failed to parse but none fails alone")
 
 
-def _report_categorical(column: str, values: list[str], bad: int, rows: _Rows, na: frozenset[str]) -> None:
+def _report_categorical(column: str, values: list[str], bad: int, rows: Rows, na: frozenset[str]) -> None:
     """Say that an undeclared column was one-hot encoded because of a value that is not a number: a warning
     when the column also holds numbers (a typo or an unlisted missing marker makes a numeric column
     categorical), a note when it holds text only."""
@@ -366,7 +435,7 @@ def _is_number(value: str) -> bool:
 
 
 def _numeric_feature(
-    column: str, numbers: np.ndarray, train: np.ndarray, rows: _Rows, normalize: bool
+    column: str, numbers: np.ndarray, train: np.ndarray, rows: Rows, normalize: bool
 ) -> tuple[np.ndarray, list[str]]:
     """One numeric feature: missing values imputed with the train mean, standardized with train statistics."""
     infinite = np.flatnonzero(np.isinf(numbers))
@@ -425,8 +494,8 @@ def _categorical_feature(
     return onehot, names
 
 
-def _label(
-    name: str, spec: LabelSpec, values: list[str], train: np.ndarray, rows: _Rows, na: frozenset[str]
+def encode_label(
+    name: str, spec: LabelSpec, values: list[str], train: np.ndarray, rows: Rows, na: frozenset[str]
 ) -> tuple[np.ndarray, list[str] | None]:
     """One label: int64 class indices (missing -1) or float32 regression targets (missing NaN)."""
     where = f"labels.{name}"
@@ -486,13 +555,16 @@ def _label(
     return y, classes
 
 
-def _check_columns(table: Table, needed: dict[str, str], config: TabularConfig) -> None:
-    """Check that every needed column (name -> where it is used) exists in ``table``; else a DataError."""
+def check_columns(table: Table, needed: dict[str, str], config: CsvOptions | None) -> None:
+    """Check that every needed column (name -> where it is used) exists in ``table``; else a DataError.
+
+    ``config``: the CSV options the table was read with (None for a file that is not CSV).
+    """
     for column, used in needed.items():
         if column not in table.data:
             hint = (
                 " If the file has no header line, set header: false and column_names:."
-                if config.header and config.column_names is None
+                if config is not None and config.header and config.column_names is None
                 else ""
             )
             raise DataError(
@@ -503,17 +575,67 @@ def _check_columns(table: Table, needed: dict[str, str], config: TabularConfig) 
             )
 
 
+def encode_labels(
+    specs: dict[str, LabelSpec], rows: Rows, train: np.ndarray, na: frozenset[str], family: str = "tabular"
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, str]]:
+    """Every label of ``specs`` (see :func:`encode_label`): the arrays, the class names of the
+    classification labels, and each label's kind (``classification`` or ``regression``).
+
+    Warns when every training row holds the same class.
+    """
+    labels, classes, kinds = {}, {}, {}
+    for name, spec in specs.items():
+        labels[name], label_classes = encode_label(name, spec, rows.column(spec.column), train, rows, na)
+        kinds[name] = "regression" if label_classes is None else "classification"
+        if label_classes is not None:
+            classes[name] = label_classes
+            seen = np.unique(labels[name][train])
+            seen = seen[seen >= 0]
+            if seen.size == 1:
+                logger.warning(
+                    "%s: %s: labels.%s: every training row holds the class %r (column '%s'), so a "
+                    "classifier learns to predict that class only; check the column, positive: and the split",
+                    family,
+                    rows.tables[0].path.name,
+                    name,
+                    label_classes[int(seen[0])],
+                    spec.column,
+                )
+    return labels, classes, kinds
+
+
+def partition_rows(tables: list[Table], config: DatasetConfig) -> dict[str, np.ndarray]:
+    """Row indices (into the concatenation of ``tables``) of the train/val/test splits.
+
+    The main file (``tables[0]``) is partitioned by the config's fractions and ``split_seed``; a second
+    table, the test file, is the whole test split (and ``test_fraction`` is then not used).
+    """
+    main = tables[0]
+    has_test_file = len(tables) > 1
+    parts = split_indices(
+        len(main), config.val_fraction, 0.0 if has_test_file else config.test_fraction, config.split_seed
+    )
+    index = {split: np.sort(part.numpy()) for split, part in parts.items()}
+    if has_test_file:
+        index["test"] = np.arange(len(main), len(main) + len(tables[1]))
+    if index["train"].size == 0:
+        raise DataError(
+            f"{main.path}: {len(main)} row(s) leave no training rows; add rows or lower the fractions"
+        )
+    return index
+
+
 # ----------------------------------------------------------------------------- builder
 
 
 @DATASETS.register("tabular", config=TabularConfig)
 def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
     """A user CSV table with named features and labels; encoders and scaling fitted on the training rows."""
-    main = read_table(_resolve(config.path, root, "path"), config)
+    main = read_table(resolve_path(config.path, root, "path"), config)
     tables = [main]
     if config.test_path is not None:
-        tables.append(read_table(_resolve(config.test_path, root, "test_path"), config))
-    rows = _Rows(tables)
+        tables.append(read_table(resolve_path(config.test_path, root, "test_path"), config))
+    rows = Rows(tables)
     na = frozenset(config.na_values)
 
     label_columns = {spec.column for spec in config.labels.values()}
@@ -523,24 +645,14 @@ def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
     for key in ("categorical", "numeric"):
         needed.update({c: key for c in getattr(config, key) or [] if c not in needed})
     for table in tables:
-        _check_columns(table, needed, config)
+        check_columns(table, needed, config)
     if not features:
         raise DataError(
             f"{main.path.name}: no feature columns left besides the labels; list them under features:"
         )
 
-    # the partition of the main file; the test file, when given, is the whole test split
-    parts = split_indices(
-        len(main), config.val_fraction, 0.0 if config.test_path else config.test_fraction, config.split_seed
-    )
-    index = {split: np.sort(part.numpy()) for split, part in parts.items()}
-    if config.test_path is not None:
-        index["test"] = np.arange(len(main), len(main) + len(tables[1]))
+    index = partition_rows(tables, config)
     train = index["train"]
-    if train.size == 0:
-        raise DataError(
-            f"{main.path}: {len(main)} row(s) leave no training rows; add rows or lower the fractions"
-        )
 
     blocks, names = [], []
     categorical, numeric = set(config.categorical or []), set(config.numeric or [])
@@ -566,24 +678,7 @@ def build_tabular(config: TabularConfig, root: Path) -> dict[str, ArrayDataset]:
         names.extend(block_names)
     x = np.concatenate(blocks, axis=1).astype(np.float32)
 
-    labels, classes, kinds = {}, {}, {}
-    for name, spec in config.labels.items():
-        labels[name], label_classes = _label(name, spec, rows.column(spec.column), train, rows, na)
-        kinds[name] = "regression" if label_classes is None else "classification"
-        if label_classes is not None:
-            classes[name] = label_classes
-            seen = np.unique(labels[name][train])
-            seen = seen[seen >= 0]
-            if seen.size == 1:
-                logger.warning(
-                    "tabular: %s: labels.%s: every training row holds the class %r (column '%s'), so a "
-                    "classifier learns to predict that class only; check the column, positive: and the split",
-                    main.path.name,
-                    name,
-                    label_classes[int(seen[0])],
-                    spec.column,
-                )
-
+    labels, classes, kinds = encode_labels(config.labels, rows, train, na)
     info = {"feature_names": names, "classes": classes, "label_kinds": kinds}
     keep = ["train", "test"] + (["val"] if config.val_fraction > 0 else [])
     splits = {

@@ -1,1 +1,1 @@
-"""Fine-tuning strategies of ``erm`` (``method.finetune``): which parameters train, and when. One file each."""
+"""Fine-tuning strategies (``method.finetune`` of erm and every adaptation method): which parameters train, and when. One file each."""

@@ -54,6 +54,12 @@ class Gate(nn.Module):
         return torch.softmax(upcast(self.linear(summarize(h, self.pool_maps))), dim=-1)
 
 
+def gate_input(x: Any, experts: nn.ModuleList) -> Tensor:
+    """What input gates read: the input itself, or for dict inputs (token ids) the experts' backbone's vector
+    summary of it (``Backbone.summarize_input``, computed by the first expert)."""
+    return x if isinstance(x, Tensor) else experts[0].backbone.summarize_input(x)
+
+
 def mix(weights: Tensor, stacked: Tensor) -> Tensor:
     """``Σ_e weights[:, e] · stacked[:, e]`` for ``(n, E)`` weights and ``(n, E, ...)`` expert outputs."""
     return torch.einsum("ne,ne...->n...", weights.to(stacked.dtype), stacked)
@@ -86,8 +92,9 @@ class ExpertMixture(Architecture):
     def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         shared = torch.stack([expert(x) for expert in self.experts], dim=1)  # (n, E, d)
         features, gates = {}, {}
+        summary = gate_input(x, self.experts)
         for name, gating in zip(self.task_names, self.gating, strict=True):
-            weights = gating(x)
+            weights = gating(summary)
             features[name] = mix(weights, shared)
             gates[name] = weights.detach()
         self._gates = gates

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from crosstask.data.tasks import Task
-from crosstask.models.architectures._blocks import ExpertMixture, upcast
+from crosstask.models.architectures._blocks import ExpertMixture, gate_input, upcast
 from crosstask.models.trunk import Trunk
 from crosstask.registry import ARCHITECTURES, ComponentConfig
 
@@ -138,8 +138,8 @@ class DSelectK(ExpertMixture):
 
     def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         if self.training and self.config.entropy > 0 and self.config.per_example:
-            # the penalty is taken after the step's backward pass has freed this graph: keep the input
-            self._last_input = x.detach()
+            # the penalty is taken after the step's backward pass has freed this graph: keep what the gates read
+            self._last_input = gate_input(x, self.experts).detach()
         return super().forward(x)
 
     def regularization(self) -> Tensor | None:

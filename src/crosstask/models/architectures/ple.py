@@ -35,6 +35,7 @@ from crosstask.errors import ConfigError
 from crosstask.models.architectures._blocks import (
     Gate,
     checked_stages,
+    gate_input,
     group_stages,
     mix,
     run,
@@ -110,6 +111,7 @@ class PLE(Architecture):
     def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         s = self.config.shared_experts
         task_h, shared_h = [x] * len(self.task_names), x
+        summary = gate_input(x, self.experts)  # what the first level's gates read
         shared_out: Tensor | None = None
         gates: dict[str, Tensor] = {}
         for level in range(self.levels):
@@ -121,7 +123,7 @@ class PLE(Architecture):
             next_h = []
             for k, name in enumerate(self.task_names):
                 own = torch.stack(task_out[k], dim=1) if task_out[k] else shared_out[:, :0]
-                weights = self.task_gates[level][k](task_h[k])
+                weights = self.task_gates[level][k](summary if level == 0 else task_h[k])
                 next_h.append(mix(weights, torch.cat([own, shared_out], dim=1)))
                 gates[name] = weights.detach()
             if level < self.levels - 1:
@@ -129,7 +131,7 @@ class PLE(Architecture):
                     torch.stack([o for outs in task_out for o in outs], dim=1) if any(task_out) else None
                 )
                 pool = shared_out if everything is None else torch.cat([everything, shared_out], dim=1)
-                shared_h = mix(self.shared_gates[level](shared_h), pool)
+                shared_h = mix(self.shared_gates[level](summary if level == 0 else shared_h), pool)
             task_h = next_h
         self._gates = gates
         return dict(zip(self.task_names, task_h, strict=True)), shared_out if self.levels == 1 else None

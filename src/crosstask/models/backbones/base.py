@@ -58,6 +58,18 @@ class Backbone(nn.Module):
         accepts every shape (a custom module: the caller checks it with a dry forward pass).
         """
 
+    def summarize_input(self, x: Any) -> Tensor:
+        """One vector per sample describing the raw input, for layers that read the input itself (the gates of
+        MMoE, DSelect-k, CGC and PLE): the input when it is a tensor. Dict inputs (token ids) need a backbone
+        that knows what they mean; the default refuses them with one clear error."""
+        if isinstance(x, Tensor):
+            return x
+        raise DataError(
+            f"this architecture's gates read the input, but backbone {type(self).__name__} gives no vector summary "
+            f"of dict inputs ({', '.join(x)}); give the backbone a summarize_input(x) method, or use an "
+            "architecture without input gates (hard_sharing, cross_stitch, mtan, soft_sharing)"
+        )
+
     def stages(self) -> list[nn.Module]:
         """Modules that, applied in turn, compute ``forward_features``: the points where architectures such
         as cross-stitch, MTAN and PLE mix or attend between tasks.

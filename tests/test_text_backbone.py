@@ -1,0 +1,146 @@
+"""The ``transformer`` backbone on a tiny randomly initialised BERT saved in the test: pooling, padding,
+layer names for freezing and layer decay, the feature cache, LoRA, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import crosstask as ct
+from crosstask.engine.optim import OptimizerConfig, parameter_groups
+from crosstask.errors import ConfigError, DataError
+from crosstask.models.backbones.base import build_backbone
+from crosstask.models.backbones.transformer import TextEncoder
+from tests.text_helpers import save_tiny_bert
+
+transformers = pytest.importorskip(
+    "transformers", reason="the transformer backbone needs transformers (nlp extra)"
+)
+
+VOCAB, WIDTH, LAYERS = 120, 16, 2
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), vocab_size=VOCAB, width=WIDTH, layers=LAYERS)
+
+
+def tokens(n: int = 6, length: int = 10, pad_to: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``n`` texts of random lengths up to ``length`` (ids from 5), padded with 0 to ``pad_to``."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, length + 1, (n,), generator=g)
+    ids = torch.randint(5, VOCAB, (n, pad_to), generator=g)
+    mask = (torch.arange(pad_to)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def encoder(folder: Path, **keys) -> TextEncoder:
+    backbone = build_backbone({"name": "transformer", "model": str(folder), **keys})
+    assert isinstance(backbone, TextEncoder)
+    return backbone.eval()
+
+
+def test_mean_pooling_over_real_tokens_matches_the_encoder_and_ignores_padding(tiny_bert: Path) -> None:
+    backbone = encoder(tiny_bert)
+    x = tokens()
+    features = backbone(x)
+    assert features.shape == (6, WIDTH) and backbone.num_features == WIDTH
+    reference = transformers.AutoModel.from_pretrained(tiny_bert).eval()
+    hidden = reference(**x).last_hidden_state
+    mask = x["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(features, (hidden * mask).sum(1) / mask.sum(1), atol=1e-5, rtol=1e-5)
+    # more padding changes nothing: the backbone trims what every text of the batch shares
+    wider = {k: torch.cat([v, torch.zeros(6, 20, dtype=v.dtype)], 1) for k, v in x.items()}
+    torch.testing.assert_close(backbone(wider), features, atol=1e-5, rtol=1e-5)
+    cls = encoder(tiny_bert, pooling="cls")(x)
+    torch.testing.assert_close(cls, hidden[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_random_weights_differ_from_the_saved_ones(tiny_bert: Path) -> None:
+    saved = encoder(tiny_bert).state_dict()
+    torch.manual_seed(1)
+    fresh = encoder(tiny_bert, pretrained=False).state_dict()
+    assert saved.keys() == fresh.keys()
+    assert not torch.equal(
+        saved["encoder.encoder.layer.0.attention.self.query.weight"],
+        fresh["encoder.encoder.layer.0.attention.self.query.weight"],
+    )
+
+
+def test_layers_for_freezing_and_layer_decay_are_the_embeddings_then_each_encoder_layer(
+    tiny_bert: Path,
+) -> None:
+    tasks = [ct.Task("sentiment", num_classes=2)]
+    model = ct.MultiTaskModel({"name": "transformer", "model": str(tiny_bert)}, tasks)
+    assert model.backbones()[0].layer_names() == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
+    groups = parameter_groups(model, [], OptimizerConfig(name="adamw", lr=1.0, layer_decay=0.5))
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates == {"backbone.0": 0.125, "backbone.1": 0.25, "backbone.2": 0.5, "new": 1.0}
+    frozen = model.freeze_backbone("encoder.layer.0")
+    assert frozen == ["embeddings", "encoder.layer.0"]
+    layer1 = model.backbones()[0].encoder.encoder.layer[1]
+    assert all(p.requires_grad for p in layer1.parameters())
+    assert not any(p.requires_grad for p in model.backbones()[0].encoder.embeddings.parameters())
+
+
+def test_the_feature_cache_encodes_each_text_once_while_the_encoder_is_frozen(tiny_bert: Path) -> None:
+    backbone = encoder(tiny_bert, cache=True)
+    calls = []
+    backbone.encoder.register_forward_hook(lambda module, args, out: calls.append(1))
+    x = tokens(n=6)
+    plain = backbone(x)  # not frozen yet: encoded every time, no cache
+    backbone(x)
+    assert len(calls) == 2
+    backbone.requires_grad_(False)
+    first = backbone(x)
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-5)
+    again = backbone({k: v[[3, 1, 3]] for k, v in x.items()})  # seen texts, in another order, repeated
+    assert len(calls) == 3
+    torch.testing.assert_close(again, first[[3, 1, 3]], atol=0, rtol=0)
+    # new weights: the cache of the old ones is not read
+    with torch.no_grad():
+        backbone.encoder.embeddings.word_embeddings.weight.mul_(2.0)
+    changed = backbone(x)
+    assert len(calls) == 4 and not torch.allclose(changed, first)
+    backbone.train()  # dropout on: the cache steps aside
+    backbone(x)
+    assert len(calls) == 5
+
+
+def test_lora_adapts_the_attention_projections_of_a_text_model(tiny_bert: Path) -> None:
+    pytest.importorskip("peft", reason="LoRA needs peft")
+    from crosstask.models.lora import apply_lora, merge_lora
+
+    tasks = [ct.Task("sentiment", num_classes=2)]
+    model = ct.MultiTaskModel({"name": "transformer", "model": str(tiny_bert)}, tasks).eval()
+    x = tokens()
+    before = model(x)["sentiment"]
+    apply_lora(model, r=2, alpha=4)
+    names = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert any("attention.self.query" in n for n in names) and any("attention.self.value" in n for n in names)
+    torch.testing.assert_close(model(x)["sentiment"], before)  # B starts at zero
+    merge_lora(model)
+    torch.testing.assert_close(model(x)["sentiment"], before, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_that_are_not_token_ids_and_ids_outside_the_vocabulary_are_refused(tiny_bert: Path) -> None:
+    backbone = encoder(tiny_bert)
+    with pytest.raises(DataError, match="reads token ids.*input_ids and attention_mask"):
+        backbone.validate_input((1, 28, 28))
+    with pytest.raises(DataError, match="reads token ids"):
+        backbone(torch.zeros(2, 8, dtype=torch.long))
+    x = tokens()
+    x["input_ids"][0, 0] = VOCAB + 3
+    with pytest.raises(DataError, match=f"do not fit the vocabulary of {VOCAB}.*same model"):
+        backbone(x)
+    backbone.validate_input({"input_ids": (12,), "attention_mask": (12,)})
+
+
+def test_a_missing_or_wrong_model_folder_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nowhere"):
+        build_backbone({"name": "transformer", "model": str(tmp_path / "nowhere")})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="cannot load a transformers model.*config.json"):
+        build_backbone({"name": "transformer", "model": str(tmp_path / "empty")})
