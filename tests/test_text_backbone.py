@@ -85,10 +85,22 @@ def test_layers_for_freezing_and_layer_decay_are_the_embeddings_then_each_encode
     assert not any(p.requires_grad for p in model.backbones()[0].encoder.embeddings.parameters())
 
 
+def counting(backbone: TextEncoder) -> list[int]:
+    """How many texts each encoder pass reads (a wrapper, not a hook: hooks turn the cache off)."""
+    calls: list[int] = []
+    encode = backbone._encode
+
+    def wrapped(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        calls.append(len(ids))
+        return encode(ids, mask)
+
+    backbone._encode = wrapped  # type: ignore[method-assign]
+    return calls
+
+
 def test_the_feature_cache_encodes_each_text_once_while_the_encoder_is_frozen(tiny_bert: Path) -> None:
     backbone = encoder(tiny_bert, cache=True)
-    calls = []
-    backbone.encoder.register_forward_hook(lambda module, args, out: calls.append(1))
+    calls = counting(backbone)
     x = tokens(n=6)
     plain = backbone(x)  # not frozen yet: encoded every time, no cache
     backbone(x)
@@ -107,6 +119,37 @@ def test_the_feature_cache_encodes_each_text_once_while_the_encoder_is_frozen(ti
     backbone.train()  # dropout on: the cache steps aside
     backbone(x)
     assert len(calls) == 5
+    backbone.eval()
+    handle = backbone.encoder.encoder.layer[0].register_forward_hook(lambda *args: None)
+    backbone(x)  # a hook watches a layer (DELTA, MixStyle, interpret): every text goes through it
+    assert len(calls) == 6
+    handle.remove()
+    backbone(x)
+    assert len(calls) == 6
+
+
+def test_left_padded_texts_pool_and_cache_like_right_padded_ones(tiny_bert: Path) -> None:
+    backbone = encoder(tiny_bert, cache=True).requires_grad_(False)
+    right = tokens(n=4, length=6, pad_to=10)
+    left = {k: torch.stack([torch.cat([r[m == 0], r[m == 1]]) for r, m in zip(v, right["attention_mask"], strict=True)])
+            for k, v in right.items()}  # fmt: skip
+    left["attention_mask"] = torch.stack([m.sort().values for m in right["attention_mask"]])
+    plain = encoder(tiny_bert)
+    # position embeddings differ between the two paddings, so compare each with its own uncached pass
+    torch.testing.assert_close(backbone(left), plain(left), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        backbone(right), backbone(left), atol=0, rtol=0
+    )  # the same texts: the same keys
+    assert not torch.equal(plain(left)[0], plain(left)[1])
+
+
+def test_cached_features_are_float32_whatever_the_autocast(tiny_bert: Path) -> None:
+    backbone = encoder(tiny_bert, cache=True).requires_grad_(False)
+    x = tokens(n=4, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = backbone(x)
+    assert first.dtype == torch.float32
+    torch.testing.assert_close(first, encoder(tiny_bert)(x), atol=1e-5, rtol=1e-5)
 
 
 def test_lora_adapts_the_attention_projections_of_a_text_model(tiny_bert: Path) -> None:
@@ -135,6 +178,11 @@ def test_inputs_that_are_not_token_ids_and_ids_outside_the_vocabulary_are_refuse
     x["input_ids"][0, 0] = VOCAB + 3
     with pytest.raises(DataError, match=f"do not fit the vocabulary of {VOCAB}.*same model"):
         backbone(x)
+    with pytest.raises(DataError, match=f"do not fit the vocabulary of {VOCAB}"):
+        backbone.summarize_input(x)  # what gates read first
+    long = tokens(n=2, length=70, pad_to=80)
+    with pytest.raises(DataError, match="longer than the 64 positions.*max_length: 64"):
+        backbone(long)
     backbone.validate_input({"input_ids": (12,), "attention_mask": (12,)})
 
 

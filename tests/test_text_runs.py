@@ -19,6 +19,7 @@ from crosstask.methods.coral import CORAL
 from crosstask.methods.generalization import Generalization
 from crosstask.registry import ARCHITECTURES, METHODS
 from tests.conftest import run_cli
+from tests.test_text_backbone import counting
 from tests.text_helpers import save_tiny_bert, save_tokenizer
 
 POSITIVE, NEGATIVE = ["good", "great"], ["bad", "awful"]
@@ -191,10 +192,7 @@ def test_adaptation_on_a_frozen_cached_encoder_encodes_each_text_once(
     model = ct.MultiTaskModel(backbone, tasks, bottleneck=8)
     encoder = model.backbones()[0].encoder
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    texts: list[int] = []
-    encoder.register_forward_pre_hook(
-        lambda module, args, kwargs: texts.append(len(kwargs["input_ids"])), with_kwargs=True
-    )
+    texts = counting(model.backbones()[0])
     source, target = tokenized(text_model, 32, 0, 1), tokenized(text_model, 32, 1, 2, labeled=False)
     held_out = tokenized(text_model, 16, 1, 9)
     result = ct.fit(
@@ -204,3 +202,22 @@ def test_adaptation_on_a_frozen_cached_encoder_encodes_each_text_once(
     assert result.summary["status"] == "completed"
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     assert sum(texts) <= 32 + 32 + 16  # 12 steps x 16 texts and 3 evaluations, but each text encoded once
+
+
+def test_adapting_frozen_features_without_a_bottleneck_and_tent_with_a_strategy_are_refused(
+    tmp_path: Path, text_model: dict[str, str]
+) -> None:
+    tasks = [ct.Task("sentiment", num_classes=2)]
+    source, target = tokenized(text_model, 16, 0, 1), tokenized(text_model, 16, 1, 2, labeled=False)
+    frozen = ct.MultiTaskModel({"name": "transformer", "model": text_model["model"]}, tasks)
+    with pytest.raises(ct.ConfigError, match="every shared parameter is frozen.*model.bottleneck"):
+        ct.fit(frozen, method={"name": "dann", "hidden": 8, "finetune": "linear_probe"}, source=source,
+               target=target, steps=1, output_dir=tmp_path)  # fmt: skip
+    # adapting the outputs on frozen features is fine
+    result = ct.fit(frozen, method={"name": "mcc", "finetune": "linear_probe"}, source=source, target=target,
+                    steps=2, batch_size=8, output_dir=tmp_path)  # fmt: skip
+    assert result.summary["status"] == "completed"
+    with_norm = ct.MultiTaskModel({"name": "transformer", "model": text_model["model"]}, tasks, bottleneck=8)
+    with pytest.raises(ct.ConfigError, match="chooses what adapts itself.*remove method.finetune"):
+        ct.fit(with_norm, method={"name": "tent", "finetune": "linear_probe"}, target=target, steps=1,
+               output_dir=tmp_path)  # fmt: skip

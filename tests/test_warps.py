@@ -172,3 +172,30 @@ def test_a_run_with_warped_images_trains_and_evaluates_on_plain_images(tmp_path:
     assert math.isfinite(result.metrics["held_out/y/accuracy"])
     saved = (result.run_dir / "config.yaml").read_text()
     assert "augment:" in saved and "rotate: 15.0" in saved  # the run's record says how it trained
+
+
+def test_a_warped_domain_held_out_by_lodo_is_evaluated_as_it_is() -> None:
+    from crosstask.lodo import held_out_config
+
+    domains = {
+        f"d{i}": {"dataset": {"name": "digits", "rotate": 30 * i}, "augment": {"rotate": 5}} for i in range(3)
+    }
+    experiment = validate_config(
+        {
+            "tasks": [{"name": "digit", "num_classes": 10}],
+            "data": {"train": domains},
+            "model": {"backbone": {"name": "lenet"}},
+        }
+    )
+    held = validate_config(held_out_config(experiment, "d1"))
+    assert held.data.eval["heldout"].augment is None
+    assert held.data.train["d0"].augment == WarpConfig(rotate=5)
+
+
+def test_a_domain_given_warps_as_a_mapping_is_validated(tmp_path: Path) -> None:
+    data = images(n=32, classes=4, side=28)
+    model = ct.MultiTaskModel({"name": "lenet"}, [ct.Task("y", num_classes=4)], input_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match="rotate"):
+        ct.fit(model, data=ct.Domain("train", data, augment={"rotate": -3}), steps=1, output_dir=tmp_path)
+    result = ct.fit(model, data=ct.Domain("train", data, augment={"rotate": 3}), steps=2, output_dir=tmp_path)
+    assert result.summary["status"] == "completed"

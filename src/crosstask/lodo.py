@@ -84,7 +84,7 @@ def held_out_config(experiment: Experiment, domain: str) -> dict[str, Any]:
     """The config of the run that holds ``domain`` out: trained without it, evaluated on it as ``heldout``."""
     config = copy.deepcopy(experiment.model_dump(mode="json"))
     held = config["data"]["train"].pop(domain)
-    held["labeled"], held["batch_size"] = True, None
+    held["labeled"], held["batch_size"], held["augment"] = True, None, None  # evaluated as it is
     config["data"]["eval"][HELDOUT] = held
     config["name"] = f"{experiment.name}-lodo-{domain}"
     method = config["method"]

@@ -289,8 +289,8 @@ class EpisodeStream:
         episodes = self.sampler.draw(self.consumed * tasks, tasks).to(self.device)
         if self.augment is not None:
             seed, index = self.sampler.seed, self.consumed
-            episodes.support = warp(episodes.support, self.augment, seed, f"{self.name}/support", index)
-            episodes.query = warp(episodes.query, self.augment, seed, f"{self.name}/query", index)
+            episodes.support = warp(episodes.support, self.augment, seed, self.name, index, "support/")
+            episodes.query = warp(episodes.query, self.augment, seed, self.name, index, "query/")
         self.consumed += 1
         return episodes
 

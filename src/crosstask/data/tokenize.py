@@ -187,6 +187,9 @@ def tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_lengt
     if len(texts) == 0:
         empty = torch.zeros(0, 0, dtype=torch.int64)
         return {"input_ids": empty, "attention_mask": empty.clone()}
+    tokenizer.padding_side = (
+        "right"  # the backbone trims shared padding from the right (some models pad left)
+    )
     encoded = tokenizer(
         list(texts),
         truncation=True,

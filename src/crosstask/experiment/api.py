@@ -61,6 +61,7 @@ from crosstask.experiment.runtime import (
     threads,
 )
 from crosstask.models.model import MultiTaskModel, infer_input_shape
+from crosstask.modules.augment import WarpConfig
 from crosstask.provenance import code_revision, config_hash
 from crosstask.registry import METHODS, MONITORS, OPTIMIZERS, SCHEDULERS, WEIGHTINGS, ComponentConfig
 
@@ -357,7 +358,10 @@ def _as_domain(
     chosen = domain.episodes if domain.episodes is not None else episodes
     if chosen is not None and not isinstance(chosen, EpisodeConfig):
         chosen = validate_python(EpisodeConfig, dict(chosen), f"{name}.episodes")
-    return replace(domain, episodes=chosen)
+    warps = domain.augment
+    if warps is not None and not isinstance(warps, WarpConfig):
+        warps = validate_python(WarpConfig, dict(warps), f"{name}.augment")
+    return replace(domain, episodes=chosen, augment=warps)
 
 
 def _describe(dataset: Dataset) -> str:

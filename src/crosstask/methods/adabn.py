@@ -55,11 +55,17 @@ def batch_norm_only_training(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def no_labeled_target(method: Adaptation) -> None:
+def check_source_free(method: Adaptation) -> None:
+    """Source-free methods read unlabeled target data only, and choose themselves what trains."""
     if method.labeled_target is not None:
         raise ConfigError(
             f"method '{method.name}' adapts to unlabeled target data only; remove method.labeled_target "
             f"('{method.labeled_target.name}'), or use a method that trains on target labels (erm, fixmatch, ...)"
+        )
+    if method.config.finetune.name != "full":
+        raise ConfigError(
+            f"method '{method.name}' chooses what adapts itself (normalization statistics or affine parameters); "
+            f"remove method.finetune ({method.config.finetune.name})"
         )
 
 
@@ -72,13 +78,14 @@ class AdaBN(Adaptation):
     """Re-estimate every BatchNorm's statistics on the target data, no training (Li et al. 2016)."""
 
     config: AdaBNConfig
+    aligns_features = False
     needs_source = False
     classification_only = False
     transfer_losses = ()
 
     def __init__(self, config: AdaBNConfig, model, streams):
         super().__init__(config, model, streams)
-        no_labeled_target(self)
+        check_source_free(self)
         self.layers = batch_norm_layers(model)
         if not self.layers:
             raise ConfigError(

@@ -82,6 +82,7 @@ class Adaptation(Method):
     transfer_losses: ClassVar[tuple[str, ...]] = ("transfer",)
     transfer_penalties: ClassVar[tuple[str, ...]] = ()
     needs_source: ClassVar[bool] = True  # False: source-free methods (test-time adaptation)
+    aligns_features: ClassVar[bool] = True  # False: methods that adapt the outputs (heads) or statistics only
     classification_only: ClassVar[bool] = True
 
     def __init__(self, config: AdaptationConfig, model, streams: list[StreamSpec]):
@@ -104,6 +105,16 @@ class Adaptation(Method):
                 )
 
     # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        super().setup()  # the fine-tuning strategy
+        shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+        if self.aligns_features and not shared:
+            raise ConfigError(
+                f"method '{self.name}' adapts the shared features, but every shared parameter is frozen "
+                f"(finetune: {self.config.finetune.name} without a bottleneck), so it would change nothing; add "
+                "model.bottleneck: {dim: 256} to adapt on top of the frozen encoder, or fine-tune it"
+            )
 
     def _task(self, name: str | None) -> str:
         if name is None:

@@ -47,6 +47,7 @@ class FixMatch(Adaptation):
     """Consistency of strongly augmented target samples with confident weak-view pseudo-labels (Sohn et al. 2020)."""
 
     config: FixMatchConfig
+    aligns_features = False  # it adapts the outputs, so frozen features are fine
     transfer_losses = ("consistency",)
 
     def __init__(self, config: FixMatchConfig, model, streams):

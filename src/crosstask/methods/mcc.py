@@ -48,6 +48,7 @@ class MCC(Adaptation):
     """Minimum class confusion on the target predictions (Jin et al. 2020)."""
 
     config: MCCConfig
+    aligns_features = False  # it adapts the outputs, so frozen features are fine
     transfer_losses = ("confusion",)
 
     def transfer(self, views: Views) -> dict[str, Tensor]:

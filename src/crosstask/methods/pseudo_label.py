@@ -71,6 +71,7 @@ class PseudoLabel(Adaptation):
     """Self-training on confident target predictions taken as labels (Lee 2013)."""
 
     config: PseudoLabelConfig
+    aligns_features = False  # it adapts the outputs, so frozen features are fine
     transfer_losses = ("pseudo",)
 
     def _pseudo(self, views: Views) -> tuple[Tensor, Tensor]:

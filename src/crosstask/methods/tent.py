@@ -30,7 +30,7 @@ from crosstask.data.inputs import Inputs
 from crosstask.data.streams import Batch
 from crosstask.engine.method import StepOutput
 from crosstask.errors import ConfigError
-from crosstask.methods.adabn import no_labeled_target
+from crosstask.methods.adabn import check_source_free
 from crosstask.methods.adaptation import Adaptation, AdaptationConfig, Views
 from crosstask.registry import METHODS
 
@@ -69,12 +69,13 @@ class Tent(Adaptation):
     """Test-time entropy minimization of the normalization layers' affine parameters (Wang et al. 2021)."""
 
     config: TentConfig
+    aligns_features = False
     needs_source = False
     transfer_losses = ("entropy",)
 
     def __init__(self, config: TentConfig, model, streams):
         super().__init__(config, model, streams)
-        no_labeled_target(self)
+        check_source_free(self)
         layers, self.affine = normalization_parameters(model)
         if not layers:
             raise ConfigError(

@@ -231,7 +231,7 @@ def warp_images(x: Tensor, config: WarpConfig, generator: torch.Generator, where
 
     angle = torch.deg2rad(draw(config.rotate)[:, 0])
     shear = draw(config.shear, 2)
-    scale = 1 + draw(config.scale, 2)
+    scale = 1 / (1 + draw(config.scale, 2))  # theta maps output to input: the image scales by 1 + draw
     shift = 2 * draw(config.translate, 2)  # grid coordinates span 2
     rotation = torch.stack(
         [torch.stack([angle.cos(), -angle.sin()], -1), torch.stack([angle.sin(), angle.cos()], -1)], -2

@@ -35,6 +35,7 @@ Example (reviews with a title and a body, a 1-5 star rating)::
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 import logging
 import zlib
@@ -93,6 +94,9 @@ class TextDataset(ArrayDataset):
             rows = rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()
             info["texts"] = [self.info["texts"][i] for i in rows.tolist()]
         return TextDataset(part.x, part.y, **info)
+
+
+TEXT_FIELD_LIMIT = 1 << 30  # characters in one CSV field
 
 
 def text_format(path: Path, declared: str) -> Literal["csv", "jsonl"]:
@@ -288,6 +292,8 @@ def build_text(config: TextConfig, root: Path) -> dict[str, TextDataset]:
             continue
         path = resolve_path(getattr(config, key), root, key, family="text", kind="text file")
         if text_format(getattr(config, key), config.format) == "csv":
+            # a review or an article may be longer than the csv module's default field limit (128 KiB)
+            csv.field_size_limit(max(csv.field_size_limit(), TEXT_FIELD_LIMIT))
             table, word = read_table(path, config, encoding=config.encoding), "column"
             check_columns(table, needed, config)
         else:

@@ -64,12 +64,24 @@ _FEATURES: dict[str, dict[bytes, Tensor]] = {}
 
 
 def _row_keys(ids: Tensor, mask: Tensor) -> list[bytes]:
-    """One key per text: a hash of its token ids, padding excluded."""
-    ids, lengths = ids.cpu(), mask.sum(1).cpu().tolist()
+    """One key per text: a hash of its real tokens' ids (wherever the padding is)."""
+    ids, real = ids.cpu(), mask.cpu().bool()
     return [
-        hashlib.blake2b(ids[i, : int(n)].numpy().tobytes(), digest_size=16).digest()
-        for i, n in enumerate(lengths)
+        hashlib.blake2b(row[keep].numpy().tobytes(), digest_size=16).digest()
+        for row, keep in zip(ids, real, strict=True)
     ]
+
+
+def _trim(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The columns up to the last one holding a real token of some text (the padding all texts share)."""
+    used = mask.any(0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    return ids[:, :length], mask[:, :length]
+
+
+def clear_feature_cache() -> None:
+    """Forget every cached feature (they are kept for the life of the process, for every frozen encoder)."""
+    _FEATURES.clear()
 
 
 def _transformers() -> Any:
@@ -96,22 +108,46 @@ class TextEncoder(Backbone):
         self.cache = cache
         self.num_features = int(encoder.config.hidden_size)
         self.vocab_size = int(encoder.config.vocab_size)
-        self._fingerprint: tuple[int, str] | None = None  # (sum of parameter versions, hash of the weights)
+        self._fingerprint: tuple[tuple, str] | None = (
+            None  # (each tensor's storage and version, weights hash)
+        )
 
     def frozen(self) -> bool:
-        """Whether the encoder's output depends on nothing that trains (what the feature cache needs)."""
-        return not self.encoder.training and not any(p.requires_grad for p in self.encoder.parameters())
+        """Whether the feature cache may serve: the encoder's output depends on nothing that trains (no
+        parameter requires a gradient, eval mode) and nothing watches its layers (forward hooks of DELTA,
+        MixStyle, ``crosstask interpret`` see every text)."""
+        if self.encoder.training or any(p.requires_grad for p in self.encoder.parameters()):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.encoder.modules())
 
     def fingerprint(self) -> str:
-        """A hash of the encoder's weights and pooling, recomputed only after a parameter changed in place."""
+        """A hash of the encoder's weights, pooling and device, recomputed when a tensor was replaced or
+        changed in place (edits through ``.data`` bypass the version counters: clear_feature_cache() then)."""
         tensors = list(self.encoder.state_dict().values())
-        version = sum(t._version for t in tensors)
-        if self._fingerprint is None or self._fingerprint[0] != version:
-            digest = hashlib.blake2b(self.pooling.encode(), digest_size=16)
+        state = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._fingerprint is None or self._fingerprint[0] != state:
+            device = str(tensors[0].device) if tensors else "cpu"
+            digest = hashlib.blake2b(f"{self.pooling}/{device}".encode(), digest_size=16)
             for t in tensors:
                 digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = (version, digest.hexdigest())
+            self._fingerprint = (state, digest.hexdigest())
         return self._fingerprint[1]
+
+    def _check_ids(self, ids: Tensor) -> None:
+        """Token ids must fit the vocabulary and the position embeddings (one clear error, not an index error
+        deep in the encoder)."""
+        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+            raise DataError(
+                f"token ids from {int(ids.min())} to {int(ids.max())} do not fit the vocabulary of {self.vocab_size} "
+                f"of model {self.source or 'this model'}; tokenize with that model's tokenizer (the dataset's "
+                "tokenizer: must name the same model as the backbone's model:)"
+            )
+        positions = getattr(self.encoder.config, "max_position_embeddings", None)
+        if positions is not None and ids.shape[-1] > positions:
+            raise DataError(
+                f"texts of {ids.shape[-1]} tokens are longer than the {positions} positions of model "
+                f"{self.source or 'this model'}; set the dataset's max_length: {positions} or less"
+            )
 
     def forward_features(self, x: Mapping[str, Tensor]) -> Tensor:
         if not isinstance(x, Mapping) or any(k not in x for k in INPUTS):
@@ -120,16 +156,8 @@ class TextEncoder(Backbone):
                 f"backbone 'transformer' reads token ids: a dict of input_ids and attention_mask, got {got}; "
                 "use a text dataset (text, amazon_reviews) or tokenize with crosstask.data.tokenize"
             )
-        ids, mask = x["input_ids"], x["attention_mask"]
-        length = int(mask.sum(1).max()) if mask.numel() else 0
-        length = max(length, 1)
-        ids, mask = ids[:, :length], mask[:, :length]  # the padding every text of the batch shares
-        if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
-            raise DataError(
-                f"token ids from {int(ids.min())} to {int(ids.max())} do not fit the vocabulary of {self.vocab_size} "
-                f"of model {self.source or 'this model'}; tokenize with that model's tokenizer (the dataset's "
-                "tokenizer: must name the same model as the backbone's model:)"
-            )
+        ids, mask = _trim(x["input_ids"], x["attention_mask"])
+        self._check_ids(ids)
         if self.cache and self.frozen():
             return self._cached(ids, mask)
         return self._encode(ids, mask)
@@ -151,9 +179,9 @@ class TextEncoder(Backbone):
         rows = [i for key, i in first.items() if key not in store]  # one row per new text
         if rows:
             index = torch.tensor(rows, device=ids.device)
-            with torch.no_grad():
-                length = max(int(mask[index].sum(1).max()), 1)
-                features = self._encode(ids[index, :length], mask[index, :length]).float().cpu()
+            # in float32 whatever the run's autocast: every run that reads a text gets the same features
+            with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+                features = self._encode(*_trim(ids[index], mask[index])).float().cpu()
             for i, feature in zip(rows, features, strict=True):
                 store[keys[i]] = feature
         return torch.stack([store[key] for key in keys]).to(ids.device)
@@ -163,8 +191,10 @@ class TextEncoder(Backbone):
         MMoE, DSelect-k, CGC and PLE read from the input)."""
         if not isinstance(x, Mapping):
             return super().summarize_input(x)
-        mask = x["attention_mask"].unsqueeze(-1)
-        embedded = self.encoder.get_input_embeddings()(x["input_ids"]) * mask
+        ids, mask = _trim(x["input_ids"], x["attention_mask"])
+        self._check_ids(ids)
+        mask = mask.unsqueeze(-1)
+        embedded = self.encoder.get_input_embeddings()(ids) * mask
         return embedded.sum(1) / mask.sum(1).clamp_min(1)
 
     def validate_input(self, shape: SampleShape) -> None:
