@@ -32,9 +32,9 @@ from crosstask.data.episodes import EpisodeConfig, Episodes
 from crosstask.data.streams import Batch
 from crosstask.data.tasks import Task
 from crosstask.engine.events import Callback
+from crosstask.engine.strategy import build_strategy
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
-from crosstask.finetune.strategies.base import build_strategy
 from crosstask.models.model import ModelOutput, MultiTaskModel
 from crosstask.registry import ComponentConfig
 

@@ -26,9 +26,9 @@ from torch import Tensor
 from crosstask.data.inputs import Inputs, batch_size, can_concat, concat
 from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, Representation, StepOutput, StreamSpec
+from crosstask.engine.strategy import FinetuneOptions
 from crosstask.errors import ConfigError
 from crosstask.evaluation.losses import task_loss
-from crosstask.finetune.strategies.base import FinetuneOptions
 
 
 class AdaptationConfig(FinetuneOptions):

@@ -27,9 +27,9 @@ from torch import Tensor
 from crosstask.components import component
 from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, StepOutput, labeled_losses, representation_of
+from crosstask.engine.strategy import FinetuneOptions
 from crosstask.errors import ConfigError
 from crosstask.finetune.base import Regularizer, StreamForward, frozen_copy
-from crosstask.finetune.strategies.base import FinetuneOptions
 from crosstask.registry import METHODS, REGULARIZERS
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ learning rates, and ``optim.layer_decay`` for a rate that shrinks stage by stage
 
 from __future__ import annotations
 
+from crosstask.engine.strategy import Strategy
 from crosstask.errors import ConfigError
-from crosstask.finetune.strategies.base import Strategy
 from crosstask.models.lora import has_lora
 from crosstask.registry import FINETUNE, ComponentConfig
 

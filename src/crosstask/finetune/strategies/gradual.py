@@ -14,8 +14,8 @@ import logging
 from pydantic import Field
 
 from crosstask.engine.optim import Stage, backbone_stages
+from crosstask.engine.strategy import Strategy
 from crosstask.errors import ConfigError
-from crosstask.finetune.strategies.base import Strategy
 from crosstask.finetune.strategies.full import refuse_lora
 from crosstask.registry import FINETUNE, ComponentConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from crosstask.finetune.strategies.base import Strategy
+from crosstask.engine.strategy import Strategy
 from crosstask.finetune.strategies.full import refuse_lora
 from crosstask.registry import FINETUNE, ComponentConfig
 

@@ -4,8 +4,8 @@ carry adapters: ``model.lora`` in a config, or :func:`crosstask.models.lora.appl
 
 from __future__ import annotations
 
+from crosstask.engine.strategy import Strategy
 from crosstask.errors import ConfigError
-from crosstask.finetune.strategies.base import Strategy
 from crosstask.models.lora import has_lora
 from crosstask.registry import FINETUNE, ComponentConfig
 

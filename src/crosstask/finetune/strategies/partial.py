@@ -7,7 +7,7 @@ import logging
 
 from pydantic import Field
 
-from crosstask.finetune.strategies.base import Strategy
+from crosstask.engine.strategy import Strategy
 from crosstask.finetune.strategies.full import refuse_lora
 from crosstask.registry import FINETUNE, ComponentConfig
 
