@@ -4,17 +4,19 @@ Single-input: one stream whose samples carry a label for every task (``(x, {task
 stream per task (each domain lists its ``tasks``). Both at once work too; a task labeled in several streams
 gets the mean of its losses there. The weighting (``static``: ``Σ αi·L_i``) balances the task losses; the
 representation handed to it is each stream's shared features (one tensor per stream with several).
+``finetune`` chooses what trains (``linear_probe``: tasks share a frozen, pretrained encoder's features).
 """
 
 from __future__ import annotations
 
 from crosstask.data.streams import Batch
 from crosstask.engine.method import Method, StepOutput
+from crosstask.engine.strategy import FinetuneOptions
 from crosstask.errors import ConfigError
 from crosstask.registry import METHODS, ComponentConfig
 
 
-@METHODS.register("multitask", config=ComponentConfig)
+@METHODS.register("multitask", config=FinetuneOptions)
 class MultiTask(Method):
     """Train every task on the streams that label it; one loss per task."""
 
