@@ -63,7 +63,7 @@ def build_domains(experiment: Experiment, part: str) -> dict[str, Domain]:
             d.tasks,
             d.batch_size,
             d.episodes,
-            d.augment if part == "train" else None,
+            d.augment,  # the config refuses warps on evaluation sets
         )
         for name, d in getattr(experiment.data, part).items()
     }

@@ -127,7 +127,20 @@ class CsvOptions(StrictModel):
         return self
 
 
-class TabularConfig(DatasetConfig, CsvOptions):
+class PartitionsRows:
+    """For dataset families that split their rows themselves (:func:`partition_rows`) and learn classes or
+    encoders from the training rows: the split keys then change what the builder loads, so they are part of
+    its cache key."""
+
+    def family_params(self) -> dict[str, Any]:
+        params = super().family_params()  # type: ignore[misc]
+        params.update(val_fraction=self.val_fraction, split_seed=self.split_seed)  # type: ignore[attr-defined]
+        if self.test_path is None:  # type: ignore[attr-defined]  # a test file replaces test_fraction
+            params["test_fraction"] = self.test_fraction  # type: ignore[attr-defined]
+        return params
+
+
+class TabularConfig(PartitionsRows, DatasetConfig, CsvOptions):
     """Keys of a user CSV table: files, columns, parsing and preprocessing."""
 
     path: Path = Field(
@@ -184,14 +197,6 @@ class TabularConfig(DatasetConfig, CsvOptions):
                         f"features: or remove them from {key}:"
                     )
         return self
-
-    def family_params(self) -> dict[str, Any]:
-        """The builder's keys plus the split keys: it fits its encoders on its own training rows."""
-        params = super().family_params()
-        params.update(val_fraction=self.val_fraction, split_seed=self.split_seed)
-        if self.test_path is None:  # with a test file, test_fraction does not change what is loaded
-            params["test_fraction"] = self.test_fraction
-        return params
 
 
 # ----------------------------------------------------------------------------- reading

@@ -51,6 +51,7 @@ from crosstask.data.datasets.tabular import (
     DEFAULT_NA_VALUES,
     CsvOptions,
     LabelSpec,
+    PartitionsRows,
     Rows,
     Table,
     check_columns,
@@ -114,7 +115,7 @@ def text_format(path: Path, declared: str) -> Literal["csv", "jsonl"]:
     )
 
 
-class TextConfig(DatasetConfig, CsvOptions):
+class TextConfig(PartitionsRows, DatasetConfig, CsvOptions):
     """Keys of a user text file: files, the text and label columns, parsing and the tokenizer."""
 
     path: Path = Field(
@@ -177,14 +178,6 @@ class TextConfig(DatasetConfig, CsvOptions):
                 "format: csv)"
             )
         return self
-
-    def family_params(self) -> dict[str, Any]:
-        """The builder's keys plus the split keys: it learns the classes from its own training rows."""
-        params = super().family_params()
-        params.update(val_fraction=self.val_fraction, split_seed=self.split_seed)
-        if self.test_path is None:  # with a test file, test_fraction does not change what is loaded
-            params["test_fraction"] = self.test_fraction
-        return params
 
 
 # ----------------------------------------------------------------------------- reading
