@@ -88,3 +88,41 @@ def test_the_modified_hausdorff_baseline_reproduces_lakes_number(data_root: Path
 
     need(data_root, "omniglot_lake_small")
     assert np.mean(mhd_errors()) == pytest.approx(38.8, abs=0.1)  # Lake et al.'s demo: 38.8 % error
+
+
+def test_weightings_are_compared_with_single_task_runs_of_the_same_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """benchmarks.multitask: one single-task run per task and seed, one run per weighting and seed; Δm% from
+    the matching seed's baselines, signed by each metric's direction."""
+    from benchmarks import multitask
+    from benchmarks.suites import amazon_multitask
+
+    calls: list[dict] = []
+
+    def run_experiment(config, overrides=(), *, reuse=False):
+        config = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+        calls.append(config)
+        tasks = [t["name"] for t in config["tasks"]]
+        multi = len(tasks) > 1
+        # multi-task: sentiment +10 % relative, rating mae +10 % relative (worse), domain unchanged
+        values = {"sentiment": 80.0 if multi else 72.72727, "rating": 1.1 if multi else 1.0, "domain": 90.0}
+        metric = {"sentiment": "accuracy", "rating": "mae", "domain": "accuracy"}
+        metrics = {
+            f"test/{t}/{metric[t]}": values[t] + (config["seed"] if t == "domain" else 0) for t in tasks
+        }
+        result = SimpleNamespace(metrics=metrics)
+        return result, RunProvenance("runs/x", {"commit": "d" * 40, "dirty": False}, "0" * 16, False)
+
+    monkeypatch.setattr(multitask, "run_experiment", run_experiment)
+    options = {"seeds": [0, 1], "quick": False, "methods": ["equal", "pcgrad"]}
+    out = amazon_multitask.run(options)
+    singles = [c for c in calls if len(c["tasks"]) == 1]
+    assert sorted({c["tasks"][0]["name"] for c in singles}) == ["domain", "rating", "sentiment"]
+    assert len(singles) == 6 and len(calls) == 6 + 2 * 2
+    assert {c["weighting"]["name"] for c in calls if len(c["tasks"]) == 3} == {"equal", "pcgrad"}
+    by_key = {(r.method, r.metric): r for r in out}
+    assert by_key[("single_task", "rating mae")].higher_is_better is False
+    assert by_key[("equal", "sentiment accuracy %")].value == pytest.approx(80.0)
+    # (-10 % + 10 % + 0) / 3 = 0: a gain on one task and the same relative loss on another cancel out
+    assert by_key[("pcgrad", multitask.DELTA_M)].value == pytest.approx(0.0, abs=1e-3)
