@@ -12,7 +12,7 @@ import crosstask as ct
 from crosstask.engine.optim import OptimizerConfig, parameter_groups
 from crosstask.errors import ConfigError, DataError
 from crosstask.models.backbones.base import build_backbone
-from crosstask.models.backbones.transformer import TextEncoder
+from crosstask.models.backbones.transformer import TextEncoder, clear_feature_cache
 from tests.text_helpers import save_tiny_bert
 
 transformers = pytest.importorskip(
@@ -192,3 +192,32 @@ def test_a_missing_or_wrong_model_folder_is_one_clear_error(tmp_path: Path) -> N
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="cannot load a transformers model.*config.json"):
         build_backbone({"name": "transformer", "model": str(tmp_path / "empty")})
+
+
+def test_shallow_adapters_train_on_features_extracted_through_the_cache(tiny_bert: Path) -> None:
+    """ct.extract_features: a frozen cached encoder's pooled features of a whole text dataset, once per text,
+    the input of the scikit-learn adapters."""
+    from crosstask.shallow import build_adapter
+
+    model = ct.MultiTaskModel(
+        {"name": "transformer", "model": str(tiny_bert), "cache": True}, [ct.Task("y", num_classes=2)]
+    )
+    model.backbones()[0].requires_grad_(False)
+    calls = counting(model.backbones()[0])
+    source, target = tokens(n=40, seed=1), tokens(n=30, seed=2)
+    ys = (source["attention_mask"].sum(1) > 6).long()  # the text's length: visible in mean-pooled features
+    data = ct.ArrayDataset(source, ys)
+    xs = ct.extract_features(model, data, batch_size=16)
+    assert xs.shape == (40, WIDTH) and len(calls) == 3  # three batches, each encoded once
+    torch.testing.assert_close(ct.extract_features(model, data, batch_size=7), xs)  # read back from the cache
+    assert len(calls) == 3
+    clear_feature_cache()
+    with torch.no_grad():  # encoded again, batched otherwise: the same features
+        torch.testing.assert_close(xs, model.eval().backbones()[0](source), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 4
+    xt = ct.extract_features(model, ct.ArrayDataset(target), limit=20)
+    assert xt.shape == (20, WIDTH)
+    adapter = build_adapter({"name": "coral"}).fit(xs.numpy(), ys.numpy(), xt.numpy())
+    assert adapter.predict(xt.numpy()).shape == (20,)
+    with pytest.raises(DataError, match="holds no sample"):
+        ct.extract_features(model, ct.ArrayDataset({k: v[:0] for k, v in source.items()}))

@@ -2,6 +2,7 @@
 
 - :func:`collect`: one pass over a domain (a fixed subset) gathering shared features, task outputs, labels
   and gate weights, in eval mode, drawing nothing from the global random generators.
+- :func:`extract_features`: the shared features of a whole dataset, for scikit-learn estimators.
 - :func:`gate_usage`: each task's mean weight on each expert over a whole dataset (gated architectures:
   MMoE, CGC/PLE, DSelect-k), not over the last batch, with the entropy of the mean (how spread the use is).
 - :func:`embed`: a 2-D embedding of features from several domains together (t-SNE, van der Maaten & Hinton
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from crosstask.data.domains import Domain
 from crosstask.data.inputs import as_inputs, to_device
@@ -79,6 +81,27 @@ def collect(
         {t: torch.cat(v) for t, v in labels.items()},
         {t: torch.cat(v) for t, v in gates.items()},
     )
+
+
+def extract_features(
+    model: MultiTaskModel, data: Dataset | Domain, *, batch_size: int = 256, limit: int | None = None
+) -> Tensor:
+    """The shared representation of every sample of ``data`` (the first ``limit``), shape (n, width), in eval
+    mode: features for scikit-learn estimators such as the shallow adapters (:mod:`crosstask.shallow`).
+
+    Without a bottleneck, a hard-sharing model's shared representation is the backbone's pooled features; a
+    frozen text encoder with ``cache: true`` serves them from its feature cache (computed once per text).
+    """
+    domain = data if isinstance(data, Domain) else Domain("features", data, labeled=False)
+    if len(domain.dataset) == 0:
+        raise DataError(f"extract_features: {domain.name!r} holds no sample")
+    features = collect(model, domain, limit=limit, batch_size=batch_size, labeled=False).features
+    if features is None:
+        raise ConfigError(
+            f"extract_features: architecture {type(model.architecture).__name__} has no representation shared "
+            "by the tasks; use hard sharing (the default architecture)"
+        )
+    return features
 
 
 def gate_usage(
