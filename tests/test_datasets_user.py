@@ -455,3 +455,27 @@ def test_image_folder_episodes_read_images_from_disk(tmp_path: Path) -> None:
     red = episodes.support[:, :, 0].mean((-1, -2)) > episodes.support[:, :, 2].mean((-1, -2))
     cat = torch.tensor([data.dataset.targets[i] == 0 for i in sampler.indices(0)[0].tolist()])
     assert torch.equal(red[0], cat)  # each support image is the class the episode says
+
+
+def test_image_folders_with_other_class_folders_are_refused_together(tmp_path: Path) -> None:
+    """An evaluation folder without 'cat' would label its dogs 0, the training folder's cats."""
+    from crosstask.data.domains import Domain
+    from crosstask.data.tasks import Task
+    from crosstask.errors import DataError
+    from crosstask.experiment.build import check_classes
+
+    train = images(tmp_path, path=str(make_images(tmp_path / "pets")), size=8)
+    only_dogs = tmp_path / "dogs"
+    (only_dogs / "dog").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(only_dogs / "dog" / "a.png")
+    test = images(tmp_path, path=str(only_dogs), size=8)
+    tasks = [Task("animal", num_classes=2)]
+    with pytest.raises(
+        DataError, match=r"data\.eval\.dogs: its labels number the classes \[dog\] \(1\).*\[cat, dog\]"
+    ):
+        check_classes(tasks, {"pets": Domain("pets", train)}, {"dogs": Domain("dogs", test)})
+    listed = images(tmp_path, path=str(only_dogs), size=8, classes=["cat", "dog"])  # no cat folder here
+    assert listed.dataset.classes == ["cat", "dog"] and listed.dataset.targets.tolist() == [1]
+    check_classes(tasks, {"pets": Domain("pets", train)}, {"dogs": Domain("dogs", listed)})
+    with pytest.raises(DataError, match="class folder\\(s\\) dog that classes: does not list"):
+        images(tmp_path, path=str(only_dogs), size=8, classes=["cat", "bird"])

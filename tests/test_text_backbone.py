@@ -208,16 +208,93 @@ def test_shallow_adapters_train_on_features_extracted_through_the_cache(tiny_ber
     ys = (source["attention_mask"].sum(1) > 6).long()  # the text's length: visible in mean-pooled features
     data = ct.ArrayDataset(source, ys)
     xs = ct.extract_features(model, data, batch_size=16)
-    assert xs.shape == (40, WIDTH) and len(calls) == 3  # three batches, each encoded once
+    # the input check's dry pass (the first text), then three batches: each text encoded once
+    assert xs.shape == (40, WIDTH) and calls == [1, 15, 16, 8]
     torch.testing.assert_close(ct.extract_features(model, data, batch_size=7), xs)  # read back from the cache
-    assert len(calls) == 3
+    assert len(calls) == 4
     clear_feature_cache()
     with torch.no_grad():  # encoded again, batched otherwise: the same features
         torch.testing.assert_close(xs, model.eval().backbones()[0](source), atol=1e-5, rtol=1e-5)
-    assert len(calls) == 4
+    assert len(calls) == 5
     xt = ct.extract_features(model, ct.ArrayDataset(target), limit=20)
     assert xt.shape == (20, WIDTH)
     adapter = build_adapter({"name": "coral"}).fit(xs.numpy(), ys.numpy(), xt.numpy())
     assert adapter.predict(xt.numpy()).shape == (20,)
     with pytest.raises(DataError, match="holds no sample"):
         ct.extract_features(model, ct.ArrayDataset({k: v[:0] for k, v in source.items()}))
+
+
+def test_extract_features_refuses_bad_arguments_and_inputs_with_one_message(tiny_bert: Path) -> None:
+    model = ct.MultiTaskModel({"name": "transformer", "model": str(tiny_bert)}, [ct.Task("y", num_classes=2)])
+    data = ct.ArrayDataset(tokens(n=4))
+    for options in (
+        {"batch_size": 0},
+        {"batch_size": 2.5},
+        {"limit": 0},
+        {"limit": -1},
+        {"batch_size": True},
+    ):
+        with pytest.raises(
+            ConfigError, match=f"extract_features: {next(iter(options))} must be a whole number"
+        ):
+            ct.extract_features(model, data, **options)
+    with pytest.raises(ConfigError, match="data must be a dataset .* got a Tensor"):
+        ct.extract_features(model, torch.zeros(3, 4))  # type: ignore[arg-type]
+    images = ct.ArrayDataset(torch.zeros(3, 1, 8, 8))
+    with pytest.raises(DataError, match="backbone 'transformer' reads token ids"):
+        ct.extract_features(model, images)
+    lenet = ct.MultiTaskModel("lenet", [ct.Task("y", num_classes=2)], input_shape=(1, 28, 28))
+    with pytest.raises(DataError, match="features"):
+        ct.extract_features(lenet, data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x: {**x, "input_ids": x["input_ids"].float()}, "must be integers"),
+        (lambda x: {**x, "attention_mask": x["attention_mask"][:, :4]}, "the same shape"),
+        (lambda x: {k: v[:, :0] for k, v in x.items()}, "at least one token"),
+        (lambda x: {k: v[None] for k, v in x.items()}, r"must be \(texts, tokens\)"),
+    ],
+)
+def test_malformed_token_batches_get_one_clear_error(tiny_bert: Path, change, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        encoder(tiny_bert)(change(tokens(n=3)))
+
+
+def test_weights_that_do_not_match_the_config_or_are_damaged_are_refused(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """Renamed weights would load as random ones, a cut file as a safetensors traceback: one ConfigError each."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_bert, renamed)
+    weights = load_file(renamed / "model.safetensors")
+    save_file({f"model.{k}": v for k, v in weights.items()}, renamed / "model.safetensors")
+    with pytest.raises(
+        ConfigError, match=r"weights of the bert model .* are not in its checkpoint .*start random"
+    ):
+        encoder(renamed)
+    assert isinstance(
+        build_backbone({"name": "transformer", "model": str(renamed), "pretrained": False}), TextEncoder
+    )
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_bert, cut)
+    (cut / "model.safetensors").write_bytes((tiny_bert / "model.safetensors").read_bytes()[:500])
+    with pytest.raises(
+        ConfigError, match=r"cannot load a transformers model .*SafetensorError.*copy it again"
+    ):
+        encoder(cut)
+
+
+def test_encoder_decoder_models_and_missing_folders_are_named_as_the_model(tmp_path: Path) -> None:
+    t5 = transformers.T5Config(vocab_size=50, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    transformers.T5Model(t5).save_pretrained(tmp_path / "t5")
+    with pytest.raises(ConfigError, match="encoder-decoder model \\(t5\\); give an encoder"):
+        encoder(tmp_path / "t5")
+    with pytest.raises(ConfigError, match="^model: .*nothing_here' not found"):
+        encoder(tmp_path / "nothing_here")

@@ -463,3 +463,89 @@ def test_amazon_reviews_real_data(data_root: Path, words_tokenizer: str) -> None
     assert 0 < len(observed) < 8000 and bool(((observed >= 0) & (observed <= 1)).all())
     assert all(text and "&quot;" not in text for text in data.info["texts"])
     assert data.x["input_ids"].shape == (8000, 256)
+
+
+def test_listed_classes_number_every_file_alike(tmp_path: Path, words_tokenizer: str) -> None:
+    """labels.<name>.classes fixes the class order: a file holding only 'pos' still numbers it 1."""
+    only_pos = write(tmp_path / "pos.csv", ["text,y", *[f"w{i} good,pos" for i in range(4)]])
+    spec = {"y": {"column": "y", "classes": ["neg", "pos"]}}
+    data = load(tmp_path, words_tokenizer, path=str(only_pos), text="text", labels=spec, test_fraction=0)
+    assert data.y["y"].tolist() == [1, 1, 1, 1] and data.info["classes"] == {"y": ["neg", "pos"]}
+    odd = write(tmp_path / "odd.csv", ["text,y", "good,pos", "bad,meh"])
+    with pytest.raises(
+        DataError, match=r"odd\.csv, line 3, column 'y': label value 'meh'.*not one of labels\.y\.classes"
+    ):
+        load(tmp_path, words_tokenizer, path=str(odd), text="text", labels=spec, test_fraction=0)
+    for bad, message in (
+        ({"column": "y", "classes": ["a", "a"]}, "twice"),
+        ({"column": "y", "classes": ["a", "b"], "kind": "regression"}, "classes: lists the values"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load(tmp_path, words_tokenizer, path=str(odd), text="text", labels={"y": bad}, test_fraction=0)
+
+
+def test_a_run_refuses_files_that_number_their_classes_differently(
+    tmp_path: Path, words_tokenizer: str
+) -> None:
+    """An evaluation file without 'neg' would number 'pos' 0 (the training file's 'neg'): refused before
+    training, with the remedy; with classes: listed, the same files run."""
+    from crosstask.experiment.build import check_classes
+
+    rows = [f"w{i} {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}" for i in range(8)]
+    train = write(tmp_path / "train.csv", ["text,y", *rows])
+    only_pos = write(tmp_path / "pos.csv", ["text,y", "good,pos", "great,pos"])
+    tasks = [crosstask.Task("y", num_classes=2)]
+
+    def domains(spec: Any) -> tuple[dict, dict]:
+        common = {"text": "text", "labels": {"y": spec}, "test_fraction": 0}
+        first = load(tmp_path, words_tokenizer, path=str(train), **common)
+        second = load(tmp_path, words_tokenizer, path=str(only_pos), **common)
+        return {"train": crosstask.Domain("train", first)}, {"pos": crosstask.Domain("pos", second)}
+
+    with pytest.raises(
+        DataError,
+        match=r"data\.eval\.pos: label 'y' numbers the classes \[pos\] \(1\), but data\.train\.train.*\[neg, pos\].*classes:",
+    ):
+        check_classes(tasks, *domains("y"))
+    check_classes(tasks, *domains({"column": "y", "classes": ["neg", "pos"]}))
+    # a label no classification task reads is not compared
+    check_classes([crosstask.Task("y", kind="regression")], *domains("y"))
+
+
+def test_a_model_folder_without_tokenizer_files_is_not_a_tokenizer(tmp_path: Path) -> None:
+    """config.json alone made transformers build a tokenizer of the special tokens only: every word [UNK]."""
+    from tests.text_helpers import save_tiny_bert
+
+    model_only = save_tiny_bert(tmp_path / "bert")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model_only / name).unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="holds no tokenizer files"):
+        load_tokenizer(model_only)
+    (model_only / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(ConfigError, match="cannot load a tokenizer|no vocabulary beyond"):
+        load_tokenizer(model_only)
+
+
+def test_json_numbers_nan_and_infinite_targets(tmp_path: Path, words_tokenizer: str) -> None:
+    """1 and 1.0 are one class (pandas writes int columns with nulls as floats); NaN in any case is missing;
+    an infinite regression target is refused at load, with its line."""
+    rows = [
+        {"text": "good", "y": 1, "r": 1},
+        {"text": "bad", "y": 1.0, "r": 2},
+        {"text": "ok", "y": 2, "r": 3},
+    ]
+    rows.append({"text": "meh", "y": float("nan"), "r": 4})
+    path = write(tmp_path / "n.jsonl", [json.dumps(r) for r in rows])
+    data = load(tmp_path, words_tokenizer, path=str(path), text="text", labels={"y": "y"}, test_fraction=0)
+    assert data.info["classes"] == {"y": ["1", "2"]} and data.y["y"].tolist() == [0, 0, 1, -1]
+    rows[1]["r"] = float("inf")
+    path = write(tmp_path / "inf.jsonl", [json.dumps(r) for r in rows])
+    labels = {"r": {"column": "r", "kind": "regression"}}
+    with pytest.raises(DataError, match=r"inf\.jsonl, line 2, column 'r': 'Infinity' is not a finite number"):
+        load(tmp_path, words_tokenizer, path=str(path), text="text", labels=labels, test_fraction=0)
+
+
+def test_tsv_files_are_read_with_tabs(tmp_path: Path, words_tokenizer: str) -> None:
+    path = write(tmp_path / "t.tsv", ["text\ty", "good movie, really\tpos", "bad\tneg"])
+    data = load(tmp_path, words_tokenizer, path=str(path), text="text", labels={"y": "y"}, test_fraction=0)
+    assert data.info["texts"] == ["good movie, really", "bad"] and data.y["y"].tolist() == [1, 0]

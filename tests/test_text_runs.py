@@ -14,6 +14,7 @@ import yaml
 
 import crosstask as ct
 from crosstask.data.tokenize import load_tokenizer, tokenize
+from crosstask.errors import DataError
 from crosstask.methods.adaptation import Adaptation
 from crosstask.methods.coral import CORAL
 from crosstask.methods.generalization import Generalization
@@ -25,14 +26,15 @@ from tests.text_helpers import save_tiny_bert, save_tokenizer
 POSITIVE, NEGATIVE = ["good", "great"], ["bad", "awful"]
 
 
-def reviews(n: int, domain: int, seed: int) -> list[tuple[str, int, float]]:
-    """``n`` (text, sentiment, rating) rows: a sentiment word among filler words of the domain's own vocabulary."""
+def reviews(n: int, domain: int, seed: int, longest: int = 8) -> list[tuple[str, int, float]]:
+    """``n`` (text, sentiment, rating) rows: a sentiment word among 3 to ``longest`` filler words of the
+    domain's own vocabulary."""
     rng = random.Random(seed)
     filler = [f"w{i}" for i in range(150 * domain, 150 * domain + 150)]
     rows = []
     for i in range(n):
         positive = i % 2
-        words = [*rng.sample(filler, rng.randint(3, 8)), rng.choice(POSITIVE if positive else NEGATIVE)]
+        words = [*rng.sample(filler, rng.randint(3, longest)), rng.choice(POSITIVE if positive else NEGATIVE)]
         rng.shuffle(words)
         rows.append((" ".join(words), positive, 4.0 + positive if positive else 1.0 + rng.random()))
     return rows
@@ -133,7 +135,8 @@ def write_csv(path: Path, rows: list[tuple[str, int, float]]) -> Path:
 
 def test_the_cli_runs_evaluates_and_resumes_a_text_config(tmp_path: Path, text_model: dict[str, str]) -> None:
     source = write_csv(tmp_path / "books.csv", reviews(96, 0, 1))
-    target = write_csv(tmp_path / "kitchen.csv", reviews(64, 1, 2))
+    # shorter target reviews: each file is padded to its own longest text, so their token ids differ in length
+    target = write_csv(tmp_path / "kitchen.csv", reviews(64, 1, 2, longest=4))
     dataset = {"name": "text", "text": "text", "tokenizer": text_model["tokenizer"], "max_length": 16}
     labels = {"sentiment": {"column": "sentiment"}, "rating": {"column": "rating", "kind": "regression"}}
     config = {
@@ -221,3 +224,30 @@ def test_adapting_frozen_features_without_a_bottleneck_and_tent_with_a_strategy_
     with pytest.raises(ct.ConfigError, match="chooses what adapts itself.*remove method.finetune"):
         ct.fit(with_norm, method={"name": "tent", "finetune": "linear_probe"}, target=target, steps=1,
                output_dir=tmp_path)  # fmt: skip
+
+
+def test_text_tokenized_for_another_model_is_refused(tmp_path: Path, text_model: dict[str, str]) -> None:
+    """A model folder with its own tokenizer.json takes text tokenized by that tokenizer (or a byte-identical
+    copy) only: any other tokenizer's ids would name other words."""
+    import shutil
+
+    folder = tmp_path / "bert_with_tokenizer"
+    shutil.copytree(text_model["model"], folder)
+    shutil.copy(text_model["tokenizer"], folder / "tokenizer.json")
+    model = ct.MultiTaskModel(
+        {"name": "transformer", "model": str(folder)}, [ct.Task("sentiment", num_classes=2)]
+    )
+    rows = reviews(8, 0, 0)
+    dataset = {"name": "text", "text": "text", "labels": {"sentiment": "sentiment"}, "test_fraction": 0}
+    csv = write_csv(tmp_path / "r.csv", rows)
+    copy = ct.load_dataset({**dataset, "path": str(csv), "tokenizer": text_model["tokenizer"]})
+    own = ct.load_dataset({**dataset, "path": str(csv), "tokenizer": str(folder)})
+    for data in (copy, own):
+        assert ct.extract_features(model, data).shape == (8, model.backbones()[0].num_features)
+    other = tmp_path / "other" / "tokenizer.json"
+    save_tokenizer(other, specials=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EXTRA]"])
+    foreign = ct.load_dataset({**dataset, "path": str(csv), "tokenizer": str(other)})
+    with pytest.raises(
+        DataError, match=r"tokenized by .*other.*has its own tokenizer.*Set the dataset's tokenizer: to"
+    ):
+        ct.fit(model, data=foreign, steps=1, batch_size=4, output_dir=tmp_path / "runs", progress=None)

@@ -92,9 +92,20 @@ def extract_features(
     Without a bottleneck, a hard-sharing model's shared representation is the backbone's pooled features; a
     frozen text encoder with ``cache: true`` serves them from its feature cache (computed once per text).
     """
+    from crosstask.experiment.build import check_inputs
+
+    for key, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"extract_features: {key} must be a whole number of at least 1, got {value!r}")
+    if not isinstance(data, Domain | Dataset):
+        raise ConfigError(
+            f"extract_features: data must be a dataset (crosstask.ArrayDataset, load_dataset(...), any torch "
+            f"Dataset) or a crosstask.Domain, got a {type(data).__name__}"
+        )
     domain = data if isinstance(data, Domain) else Domain("features", data, labeled=False)
     if len(domain.dataset) == 0:
         raise DataError(f"extract_features: {domain.name!r} holds no sample")
+    check_inputs(model, {}, {domain.name: domain})  # inputs the backbone cannot take: one clear error
     features = collect(model, domain, limit=limit, batch_size=batch_size, labeled=False).features
     if features is None:
         raise ConfigError(

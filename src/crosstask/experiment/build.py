@@ -281,10 +281,12 @@ def build_evaluator(
 def check_inputs(
     model: MultiTaskModel, train_domains: Mapping[str, Domain], eval_domains: Mapping[str, Domain]
 ) -> None:
-    """Every training stream and evaluation set must fit the model, checked before the first step: its
-    sample shape against the model's input shape and each backbone's own check, then one dry forward pass
+    """Every training stream and evaluation set must fit the model, checked before the first step: the class
+    names of the datasets (:func:`check_classes`), its sample shape against the model's input shape and each
+    backbone's own check, then one dry forward pass
     per distinct shape (in eval mode, without gradients), so a mismatch is one DataError naming the domain
     and both shapes instead of a shape traceback at step 1."""
+    check_classes(model.tasks, train_domains, eval_domains)
     expected = tuple(model.input_shape) if isinstance(model.input_shape, list | tuple) else model.input_shape
     tried: dict[str, str] = {}
     device = next(model.parameters()).device
@@ -295,24 +297,78 @@ def check_inputs(
             sample = first_input(domain.dataset)
             shape = item_shape(sample)
             where = f"{part}.{name}"
-            if expected is not None and shape != expected:
+            if expected is not None and not all(b.same_input(shape, expected) for b in model.backbones()):
                 raise DataError(
                     f"{where} gives inputs of shape {describe(shape)}, but the model takes {describe(expected)} "
                     "(model.input_shape, from the first training domain); give every domain the same input "
                     "size (resize or crop the data: e.g. the dataset's size option)"
                 )
+            info = getattr(domain.dataset, "info", None)
             for backbone in model.backbones():
-                validate = getattr(backbone, "validate_input", None)
-                if validate is not None:
-                    try:
-                        validate(shape)
-                    except CrosstaskError as exc:
-                        raise DataError(f"{where}: {exc}") from None
+                try:
+                    backbone.validate_input(shape)
+                    if isinstance(info, Mapping):
+                        backbone.validate_data(info)
+                except CrosstaskError as exc:
+                    raise DataError(f"{where}: {exc}") from None
             key = describe(shape)
             if key in tried:
                 continue
             tried[key] = where
             _dry_forward(model, repeat(sample, 2, device), where, shape)
+
+
+def class_names(dataset: Dataset) -> dict[str | None, list[str]]:
+    """The class names a dataset declares, by label (``info["classes"]`` a mapping), or for its one label
+    (``None``: a list, or an image folder's ``classes``); empty when it declares none."""
+    classes = None
+    for _ in range(8):  # through wrappers (torch's Subset, a split of an image folder): the first that knows
+        info = getattr(dataset, "info", None)
+        classes = info.get("classes") if isinstance(info, Mapping) else getattr(dataset, "classes", None)
+        if classes is not None or not hasattr(dataset, "dataset"):
+            break
+        dataset = dataset.dataset
+    if isinstance(classes, Mapping):
+        return {str(k): [str(c) for c in v] for k, v in classes.items() if isinstance(v, list | tuple)}
+    if isinstance(classes, list | tuple):
+        return {None: [str(c) for c in classes]}
+    return {}
+
+
+def check_classes(
+    tasks: Sequence[Task], train_domains: Mapping[str, Domain], eval_domains: Mapping[str, Domain]
+) -> None:
+    """A class index must name the same class in every domain: datasets that number their classes from their
+    own files (text, tabular, image folders) disagree when one file lacks a class, and would be scored against
+    the wrong classes without a word. Checked for the labels the classification tasks read; episodic domains
+    relabel their classes per episode and are skipped."""
+    read = {task.label or task.name for task in tasks if task.kind == "classification"}
+    seen: dict[str | None, tuple[str, list[str]]] = {}
+    for part, domains in (("data.train", train_domains), ("data.eval", eval_domains)):
+        for name, domain in domains.items():
+            if domain.episodes is not None:
+                continue
+            for label, names in class_names(domain.dataset).items():
+                if not read or (label is not None and label not in read):
+                    continue
+                where = f"{part}.{name}"
+                if label not in seen:
+                    seen[label] = (where, names)
+                    continue
+                first, expected = seen[label]
+                if names != expected:
+                    what = f"label '{label}' numbers" if label is not None else "its labels number"
+                    raise DataError(
+                        f"{where}: {what} the classes {_shown(names)}, but {first} numbers them "
+                        f"{_shown(expected)}: the same index would mean different classes. Give every domain "
+                        "the same classes in the same order: list them in classes: (text and tabular data: in "
+                        "the label, labels: {y: {column: y, classes: [neg, pos]}}; image_folder: classes: [cat, "
+                        "dog], a class may lack its folder)"
+                    )
+
+
+def _shown(names: list[str]) -> str:
+    return "[" + ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") + f"] ({len(names)})"
 
 
 def first_input(dataset: Dataset) -> object:

@@ -69,9 +69,22 @@ class ImageFolderConfig(DatasetConfig):
     extensions: list[str] = Field(
         default_factory=lambda: list(DEFAULT_EXTENSIONS), min_length=1, description="image file suffixes"
     )
+    classes: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="the class folder names in index order (default: the subfolders, sorted); a listed class "
+        "may have no folder here (an evaluation set without it keeps the training set's numbering)",
+    )
     verify: bool = Field(
         default=False, description="decode every image at build time to find corrupt files early"
     )
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError(f"classes: lists a folder twice: {value}")
+        return value
 
     @field_validator("extensions")
     @classmethod
@@ -160,10 +173,21 @@ def _resolve_folder(path: Path, root: Path) -> Path:
     )
 
 
-def list_samples(folder: Path, extensions: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
-    """The (image path, class index) pairs under ``folder`` and the class names (sorted subfolder names)."""
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+def list_samples(
+    folder: Path, extensions: list[str], listed: list[str] | None = None
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """The (image path, class index) pairs under ``folder`` and the class names: ``listed`` (a class there
+    may lack its folder), else the sorted subfolder names."""
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if listed is not None:
+        extra = [name for name in found if name not in listed]
+        if extra:
+            raise DataError(
+                f"image_folder: {folder} has class folder(s) {', '.join(extra[:10])} that classes: does not list "
+                f"({', '.join(listed[:20])}); add them to classes: or move them out"
+            )
+    classes = list(listed) if listed is not None else found
+    if not found:
         images = [p.name for p in folder.iterdir() if p.suffix.lower() in extensions]
         found = f" It holds {len(images)} image file(s) directly;" if images else ""
         raise DataError(
@@ -173,6 +197,8 @@ def list_samples(folder: Path, extensions: list[str]) -> tuple[list[tuple[str, i
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         class_dir = folder / name
+        if name not in found:
+            continue  # a listed class without a folder here
         # hidden files and folders (.DS_Store, .ipynb_checkpoints) are not samples
         files = sorted(
             p
@@ -216,7 +242,7 @@ def verify_images(samples: list[tuple[str, int]], mode: str) -> None:
 def build_image_folder(config: ImageFolderConfig, root: Path) -> dict[str, ImageFolderDataset]:
     """Your images, one subfolder per class; resized, center-cropped and normalized when read."""
     folder = _resolve_folder(config.path, root)
-    samples, classes = list_samples(folder, config.extensions)
+    samples, classes = list_samples(folder, config.extensions, config.classes)
     mode = "L" if config.grayscale else "RGB"
     if config.verify:
         verify_images(samples, mode)

@@ -47,7 +47,7 @@ from crosstask.registry import DATASETS, StrictModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NA_VALUES = ["", "?", "NA", "nan"]
+DEFAULT_NA_VALUES = ["", "?", "NA", "nan", "NaN", "NAN"]
 MISSING_NAME = "<missing>"  # how the fitted "missing" category of a categorical column is named
 MANY_CATEGORIES = 200  # above this, one-hot encoding a column is probably a mistake (an id, free text)
 
@@ -63,11 +63,24 @@ class LabelSpec(StrictModel):
         default=None,
         description="regression keeps a numeric column as a float target (default classification)",
     )
+    classes: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="the class values in index order (default: the training rows' values, sorted); give it "
+        "when several files must number their classes alike",
+    )
 
     @model_validator(mode="after")
     def _positive_is_a_class(self) -> LabelSpec:
         if self.positive is not None and self.kind == "regression":
             raise ValueError("positive: makes a binary class label; remove it or remove kind: regression")
+        if self.classes is not None:
+            if self.positive is not None or self.kind == "regression":
+                raise ValueError(
+                    "classes: lists the values of a class label; remove it, positive: or kind: regression"
+                )
+            if len(set(self.classes)) < len(self.classes):
+                raise ValueError(f"classes: lists a value twice: {self.classes}")
         return self
 
 
@@ -87,10 +100,19 @@ def no_duplicates(value: list[str] | None) -> list[str] | None:
     return value
 
 
+def file_delimiter(path: Path, config: CsvOptions) -> str:
+    """The configured delimiter; a tab for ``.tsv`` files (gzipped or not) when none is configured."""
+    if config.delimiter is not None:
+        return config.delimiter
+    return "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
 class CsvOptions(StrictModel):
     """How a CSV file is parsed: separator, header, names, comments, whitespace (tabular and text)."""
 
-    delimiter: str = Field(default=",", description="the one-character field separator")
+    delimiter: str | None = Field(
+        default=None, description="the one-character field separator (default: a tab in .tsv files, else ',')"
+    )
     header: bool = Field(default=True, description="the first line names the columns")
     column_names: list[str] | None = Field(
         default=None, description="names for a headerless file (with header: true, they replace its names)"
@@ -100,8 +122,8 @@ class CsvOptions(StrictModel):
 
     @field_validator("delimiter")
     @classmethod
-    def _one_character(cls, value: str) -> str:
-        if len(value) != 1:
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
             raise ValueError(
                 f"delimiter must be exactly one character, got {value!r}; for values separated by "
                 "', ' (such as UCI Adult) use ',' and keep strip: true"
@@ -291,7 +313,7 @@ def read_table(path: Path, config: CsvOptions, encoding: str | None = None) -> T
     try:
         with open_text(path, encoding or "utf-8") as handle:
             source = _Lines(handle, config.comment)
-            for row in csv.reader(source, delimiter=config.delimiter):
+            for row in csv.reader(source, delimiter=file_delimiter(path, config)):
                 start, source.record_start = source.record_start or source.number, None
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
@@ -305,7 +327,7 @@ def read_table(path: Path, config: CsvOptions, encoding: str | None = None) -> T
     except csv.Error as exc:
         raise DataError(
             f"{path.name}, line {source.number}: cannot parse the CSV ({exc}); fix the quoting of that line "
-            f"or set delimiter: (now {config.delimiter!r}) [file: {path}]"
+            f"or set delimiter: (now {file_delimiter(path, config)!r}) [file: {path}]"
         ) from None
     except UnicodeDecodeError as exc:
         raise decode_error(path, exc, encoding) from None
@@ -337,7 +359,7 @@ def read_table(path: Path, config: CsvOptions, encoding: str | None = None) -> T
         origin = "column_names:" if config.column_names is not None else f"the header (line {header_line})"
         raise DataError(
             f"{path.name}, line {lines[bad]}: expected {width} fields as named by {origin} but found "
-            f"{len(rows[bad])}; fix that row, quote values that contain the delimiter {config.delimiter!r}, "
+            f"{len(rows[bad])}; fix that row, quote values that contain the delimiter {file_delimiter(path, config)!r}, "
             f"or check delimiter: [file: {path}]"
         )
     data = dict(zip(columns, zip(*rows, strict=True), strict=True))
@@ -525,8 +547,17 @@ def encode_label(
                 "regression target; fix the value, add it to na_values: if it means missing, or remove "
                 "kind: regression"
             )
+        infinite = np.flatnonzero(np.isinf(numbers))
+        if infinite.size:
+            i = int(infinite[0])
+            raise DataError(
+                f"{rows.where(i, spec.column)}: '{values[i]}' is not a finite number but {where} is a regression "
+                f"target; fix the value or add it to na_values: if it means missing ({infinite.size} row(s))"
+            )
         return numbers.astype(np.float32), None
 
+    if spec.classes is not None:
+        return _index_classes(name, spec, values, rows, na, list(spec.classes))
     train_values = {values[i] for i in train} - na
     if not train_values:
         raise DataError(
@@ -544,18 +575,29 @@ def encode_label(
             spec.column,
             len(classes),
         )
+    return _index_classes(name, spec, values, rows, na, classes)
+
+
+def _index_classes(
+    name: str, spec: LabelSpec, values: list[str], rows: Rows, na: frozenset[str], classes: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Class indices of ``values`` in ``classes`` (missing values -1); a value outside them is a DataError:
+    with ``classes:`` given, add it there; else it missed the training rows (a main-file value by the draw of
+    the split, a test-file value never had a chance)."""
     index = {value: j for j, value in enumerate(classes)}
     y = np.fromiter((-1 if v in na else index.get(v, -2) for v in values), np.int64, len(values))
     unseen = np.flatnonzero(y == -2)
     if unseen.size:
         i = int(unseen[0])
         shown = ", ".join(map(repr, classes[:20])) + (" ..." if len(classes) > 20 else "")
-        # a main-file value missed training by the draw of the split; a test-file value never had a chance
-        remedy = "use another split_seed" if i < len(rows.tables[0]) else "add training rows that hold it"
+        if spec.classes is not None:
+            problem, remedy = f"is not one of labels.{name}.classes ({shown})", "add it to classes:"
+        else:
+            problem = f"does not occur in the training rows, so it has no class index (classes: {shown})"
+            remedy = "use another split_seed" if i < len(rows.tables[0]) else "add training rows that hold it"
         raise DataError(
-            f"{rows.where(i, spec.column)}: label value '{values[i]}' ({where}) does not occur in the "
-            f"training rows, so it has no class index (classes: {shown}); fix the value, merge it into a "
-            f"known class, or {remedy} ({unseen.size} row(s) affected)"
+            f"{rows.where(i, spec.column)}: label value '{values[i]}' (labels.{name}) {problem}; fix the value, "
+            f"merge it into a known class, or {remedy} ({unseen.size} row(s) affected)"
         )
     return y, classes
 

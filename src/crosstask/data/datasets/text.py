@@ -38,6 +38,7 @@ import codecs
 import csv
 import json
 import logging
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Literal
@@ -242,6 +243,8 @@ def _cell(value: Any, key: str, path: Path, line: int, strip: bool) -> str:
         return value.strip() if strip else value
     if value is None:
         return ""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))  # 1.0 is the class 1 (pandas writes an int column with nulls as floats)
     if isinstance(value, (bool, int, float)):
         return json.dumps(value)
     raise DataError(

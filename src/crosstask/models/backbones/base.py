@@ -58,6 +58,16 @@ class Backbone(nn.Module):
         accepts every shape (a custom module: the caller checks it with a dry forward pass).
         """
 
+    def validate_data(self, info: Mapping[str, Any]) -> None:
+        """Raise :class:`DataError` when a dataset's ``info`` says its samples were made for another model
+        (text tokenized by another tokenizer, say). Called beside :meth:`validate_input`; the default accepts
+        every dataset."""
+
+    def same_input(self, shape: SampleShape, expected: SampleShape) -> bool:
+        """Whether samples of ``shape`` fit a model built for ``expected`` (the first training domain's
+        shape). The default wants them equal; backbones that take any length (token ids) relax it."""
+        return shape == expected
+
     def summarize_input(self, x: Any) -> Tensor:
         """One vector per sample describing the raw input, for layers that read the input itself (the gates of
         MMoE, DSelect-k, CGC and PLE): the input when it is a tensor. Dict inputs (token ids) need a backbone

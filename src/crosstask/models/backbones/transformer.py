@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -99,9 +100,15 @@ class TextEncoder(Backbone):
     """A ``transformers`` encoder with pooling: ``forward_features({"input_ids", "attention_mask"})``."""
 
     def __init__(
-        self, encoder: torch.nn.Module, pooling: str = "mean", source: str = "", cache: bool = False
+        self,
+        encoder: torch.nn.Module,
+        pooling: str = "mean",
+        source: str = "",
+        cache: bool = False,
+        folder: Path | None = None,
     ):
         super().__init__()
+        self.folder = folder  # where the model was loaded from (its own tokenizer files, if any)
         self.encoder = encoder
         self.pooling = pooling
         self.source = source
@@ -133,9 +140,23 @@ class TextEncoder(Backbone):
             self._fingerprint = (state, digest.hexdigest())
         return self._fingerprint[1]
 
+    def _check_tokens(self, ids: Tensor, mask: Tensor) -> None:
+        """Integer ids and mask of one (texts, tokens) shape, the ids within the vocabulary and the position
+        embeddings: one clear error, not an index or shape error deep in the encoder."""
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or mask.dtype.is_floating_point:
+            raise DataError(
+                f"token ids and attention_mask must be integers, got {ids.dtype} and {mask.dtype}; tokenize with "
+                "crosstask.data.tokenize (int64) or convert them with .long()"
+            )
+        if ids.dim() != 2 or ids.shape != mask.shape or ids.shape[1] == 0:
+            raise DataError(
+                f"input_ids of shape {tuple(ids.shape)} and attention_mask of shape {tuple(mask.shape)}: both "
+                "must be (texts, tokens) with the same shape and at least one token"
+            )
+        self._check_ids(ids)
+
     def _check_ids(self, ids: Tensor) -> None:
-        """Token ids must fit the vocabulary and the position embeddings (one clear error, not an index error
-        deep in the encoder)."""
+        """Token ids must fit the vocabulary and the position embeddings."""
         if ids.numel() and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
             raise DataError(
                 f"token ids from {int(ids.min())} to {int(ids.max())} do not fit the vocabulary of {self.vocab_size} "
@@ -156,8 +177,8 @@ class TextEncoder(Backbone):
                 f"backbone 'transformer' reads token ids: a dict of input_ids and attention_mask, got {got}; "
                 "use a text dataset (text, amazon_reviews) or tokenize with crosstask.data.tokenize"
             )
+        self._check_tokens(x["input_ids"], x["attention_mask"])
         ids, mask = _trim(x["input_ids"], x["attention_mask"])
-        self._check_ids(ids)
         if self.cache and self.frozen():
             return self._cached(ids, mask)
         return self._encode(ids, mask)
@@ -191,8 +212,8 @@ class TextEncoder(Backbone):
         MMoE, DSelect-k, CGC and PLE read from the input)."""
         if not isinstance(x, Mapping):
             return super().summarize_input(x)
+        self._check_tokens(x["input_ids"], x["attention_mask"])
         ids, mask = _trim(x["input_ids"], x["attention_mask"])
-        self._check_ids(ids)
         mask = mask.unsqueeze(-1)
         embedded = self.encoder.get_input_embeddings()(ids) * mask
         return embedded.sum(1) / mask.sum(1).clamp_min(1)
@@ -204,6 +225,29 @@ class TextEncoder(Backbone):
                 f"samples of shape {describe_shape(shape)}; use a text dataset (text, amazon_reviews), or "
                 "another backbone for these inputs"
             )
+
+    def validate_data(self, info: Mapping[str, Any]) -> None:
+        """Text tokenized by another tokenizer than the model folder's own gives ids of other words (or of
+        nothing): refused when the folder holds a tokenizer.json that the dataset's tokenizer is not."""
+        tokenizer, folder = info.get("tokenizer"), self.folder
+        own = folder / "tokenizer.json" if folder is not None else None
+        if tokenizer is None or own is None or not own.is_file():
+            return
+        used = Path(tokenizer)
+        used = used / "tokenizer.json" if used.is_dir() else used
+        if used == own or (used.is_file() and used.read_bytes() == own.read_bytes()):
+            return
+        raise DataError(
+            f"the text was tokenized by {tokenizer}, but the backbone's model {self.source} has its own "
+            f"tokenizer ({own}): its token ids would mean other words. Set the dataset's tokenizer: to "
+            f"{self.source}"
+        )
+
+    def same_input(self, shape: SampleShape, expected: SampleShape) -> bool:
+        """Token ids of any length: each dataset pads to its own longest text (and batches are trimmed)."""
+        if not (isinstance(shape, Mapping) and isinstance(expected, Mapping)) or set(shape) != set(expected):
+            return False
+        return all(len(shape[k]) == len(expected[k]) for k in shape)
 
     def layer_names(self) -> list[str]:
         names = [name for name, child in self.encoder.named_children() if name == "embeddings"]
@@ -224,7 +268,7 @@ class TextEncoder(Backbone):
 @BACKBONES.register("transformer", config=TransformerConfig)
 def build_transformer(config: TransformerConfig, input_shape: SampleShape | None) -> Backbone:
     """A Hugging Face text encoder (default all-MiniLM-L6-v2) over token ids, mean-pooled."""
-    folder = resolve_text_model(config.model)
+    folder = resolve_text_model(config.model, key="model")
     if folder.is_file():
         raise ConfigError(
             f"backbone 'transformer': model: {config.model} is a file; give the folder that holds the model's "
@@ -232,27 +276,44 @@ def build_transformer(config: TransformerConfig, input_shape: SampleShape | None
         )
     transformers = _transformers()
     verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()  # not "pooler weights newly initialized": the pooler is dropped
+    transformers.logging.set_verbosity_error()  # not "pooler weights newly initialized": checked below
     transformers.logging.disable_progress_bar()
     try:
-        if config.pretrained:
-            encoder = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
-        else:
-            encoder = transformers.AutoModel.from_config(
-                transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        architecture = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        if getattr(architecture, "is_encoder_decoder", False):
+            raise ConfigError(
+                f"backbone 'transformer': {folder} holds an encoder-decoder model ({architecture.model_type}); "
+                "give an encoder (BERT, RoBERTa, MiniLM, ...)"
             )
-    except (OSError, ValueError) as exc:
+        if config.pretrained:
+            encoder, loading = transformers.AutoModel.from_pretrained(
+                folder, local_files_only=True, output_loading_info=True
+            )
+        else:
+            encoder, loading = transformers.AutoModel.from_config(architecture), {}
+    except ConfigError:
+        raise
+    except Exception as exc:  # OSError, ValueError, safetensors' errors for damaged files, ...
         raise ConfigError(
-            f"backbone 'transformer': cannot load a transformers model from {folder} ({exc}); the folder needs "
-            "config.json and, for pretrained weights, model.safetensors or pytorch_model.bin"
+            f"backbone 'transformer': cannot load a transformers model from {folder} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the folder needs config.json and, for pretrained "
+            "weights, a complete model.safetensors or pytorch_model.bin (copy it again if it was cut short)"
         ) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.logging.enable_progress_bar()
+    missing = [k for k in loading.get("missing_keys", ()) if not k.startswith("pooler.")]
+    if missing:
+        raise ConfigError(
+            f"backbone 'transformer': {len(missing)} weights of the {architecture.model_type} model that "
+            f"{folder}/config.json describes are not in its checkpoint (e.g. {', '.join(missing[:3])}): they "
+            "would start random. The weights do not match config.json; save model and config together "
+            "(save_pretrained), or set pretrained: false to train from random weights on purpose"
+        )
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # BERT's [CLS] pooler: untrained in sentence encoders, and unused here
-    backbone = TextEncoder(encoder, config.pooling, str(config.model), config.cache)
+    backbone = TextEncoder(encoder, config.pooling, str(config.model), config.cache, folder)
     if input_shape is not None:
         backbone.validate_input(input_shape)
     return backbone
