@@ -298,10 +298,17 @@ def check_inputs(
             shape = item_shape(sample)
             where = f"{part}.{name}"
             if expected is not None and not all(b.same_input(shape, expected) for b in model.backbones()):
+                kinds = {isinstance(shape, Mapping), isinstance(expected, Mapping)}
+                remedy = (
+                    "give every domain the same kind of input (tensors, or dicts with the same keys such as "
+                    "token ids)"
+                    if len(kinds) == 2 or (isinstance(shape, Mapping) and set(shape) != set(expected))
+                    else "give every domain the same input size (resize or crop the data: e.g. the dataset's "
+                    "size option)"
+                )
                 raise DataError(
                     f"{where} gives inputs of shape {describe(shape)}, but the model takes {describe(expected)} "
-                    "(model.input_shape, from the first training domain); give every domain the same input "
-                    "size (resize or crop the data: e.g. the dataset's size option)"
+                    f"(model.input_shape, from the first training domain); {remedy}"
                 )
             info = getattr(domain.dataset, "info", None)
             for backbone in model.backbones():
