@@ -159,6 +159,11 @@ class EpisodeSampler:
     ):
         self.dataset, self.config, self.name, self.seed = dataset, config, name, seed
         self.targets = targets  # regression: each sample's target replaces its position in the episode
+        if targets is not None and config.ways != 1:
+            raise ConfigError(
+                f"domain '{name}': a regression episode holds the samples of one function (label '{label}'), "
+                f"so it takes ways: 1, got ways: {config.ways}"
+            )
         self.fast = hasattr(dataset, "gather")
         labels = _labels(dataset, label, f"domain '{name}'")
         if config.fixed is not None:
@@ -224,6 +229,14 @@ class EpisodeSampler:
             )
         return out
 
+    def size(self, i: int) -> tuple[int, int]:
+        """Support and query sizes of episode ``i``: equal for drawn episodes, per episode for fixed ones (only
+        episodes of one size stack into one batch)."""
+        if self.fixed:
+            support, _, query, _ = self.fixed[i % len(self.fixed)]
+            return len(support), len(query)
+        return self.config.ways * self.config.shots, self.config.ways * self.config.queries
+
     def indices(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Support indices and labels, query indices and labels of episode ``i``."""
         if self.fixed:
@@ -277,6 +290,14 @@ class EpisodeStream:
     ):
         self.sampler = sampler
         self.name = sampler.name
+        tasks = sampler.config.tasks
+        sizes = sorted({sampler.size(i) for i in range(len(sampler.fixed))})
+        if tasks > 1 and len(sizes) > 1:
+            raise DataError(
+                f"domain '{sampler.name}': its fixed episodes differ in size ((support, query) sizes "
+                f"{', '.join(map(str, sizes[:5]))}), so a meta-batch of tasks: {tasks} cannot stack them; set "
+                "episodes.tasks: 1"
+            )
         self.device = torch.device(device)
         self.augment = augment  # warps of the support and query images
         self.consumed = 0  # meta-batches drawn
@@ -289,8 +310,8 @@ class EpisodeStream:
         episodes = self.sampler.draw(self.consumed * tasks, tasks).to(self.device)
         if self.augment is not None:
             seed, index = self.sampler.seed, self.consumed
-            episodes.support = warp(episodes.support, self.augment, seed, self.name, index, "support/")
-            episodes.query = warp(episodes.query, self.augment, seed, self.name, index, "query/")
+            episodes.support = warp(episodes.support, self.augment, seed, self.name, index, "support/", 2)
+            episodes.query = warp(episodes.query, self.augment, seed, self.name, index, "query/", 2)
         self.consumed += 1
         return episodes
 

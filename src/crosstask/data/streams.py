@@ -275,16 +275,19 @@ def stream_seed(seed: int, name: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def warp(x: Inputs, config: WarpConfig, seed: int, name: str, index: int, part: str = "") -> Inputs:
-    """Batch ``index`` of stream ``name`` (its ``part``: support or query images) through random affine warps
-    drawn from (seed, name, part, index): the same warps on a resumed run."""
+def warp(
+    x: Inputs, config: WarpConfig, seed: int, name: str, index: int, part: str = "", batch_dims: int = 1
+) -> Inputs:
+    """Batch ``index`` of stream ``name`` (its ``part``: support or query images; ``batch_dims`` 2 for
+    episodes) through random affine warps drawn from (seed, name, part, index): the same warps on a resumed
+    run."""
     where = f"domain '{name}'"
     if isinstance(x, Mapping):
         raise DataError(
             f"{where}: augment warps images, but its inputs are a dict ({', '.join(x)}); remove augment: from it"
         )
     generator = torch.Generator().manual_seed(stream_seed(seed, f"{name}/{part}augment", index))
-    return warp_images(x, config, generator, where)
+    return warp_images(x, config, generator, where, batch_dims)
 
 
 class Stream:

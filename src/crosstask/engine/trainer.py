@@ -192,7 +192,7 @@ class Trainer:
                     if self.step % self.config.log_every == 0:
                         self._log_train()
                     if self.config.eval_every and self.step % self.config.eval_every == 0:
-                        final, evaluated_at = self._evaluate(), self.step
+                        final, evaluated_at = self._evaluate_or_save(), self.step
                         if self.step < self.config.steps and self._should_stop_early():
                             status = "stopped_early"
                     if self._stop_requested and status == "completed":
@@ -202,10 +202,10 @@ class Trainer:
                         saved_at = self.step
                     if status != "completed":
                         break
-            if status != "interrupted" and evaluated_at != self.step:
-                final = self._evaluate()
             if saved_at != self.step:
                 self._save_last()
+            if status != "interrupted" and evaluated_at != self.step:
+                final = self._evaluate()
         except TrainingDiverged as exc:
             self._end("diverged", error=str(exc))
             raise
@@ -217,6 +217,18 @@ class Trainer:
             self.progress.close()
             self.batch = None  # the last batch is not kept alive with the trainer
         return self._end(status, final)
+
+    def _evaluate_or_save(self) -> dict[str, float]:
+        """A periodic evaluation; when it fails (an evaluation set the model cannot take), the steps trained
+        since the last checkpoint are saved first, so a resume after fixing it loses nothing."""
+        try:
+            return self._evaluate()
+        except Exception:
+            try:
+                self._save_last()
+            except Exception as exc:  # the evaluation's error is the one to report
+                log.error("could not checkpoint after the failed evaluation (%s: %s)", type(exc).__name__, exc)
+            raise
 
     def _end(
         self, status: str, final: dict[str, float] | None = None, error: str | None = None

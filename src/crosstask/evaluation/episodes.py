@@ -8,6 +8,7 @@ class mean of its shared features (:func:`nearest_prototype`), which is what Pro
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from crosstask.errors import ConfigError
 from crosstask.models.model import MultiTaskModel
 
 EpisodePredictor = Callable[[Episodes], Tensor]  # -> logits (episodes, queries, ways) or predictions
+logger = logging.getLogger(__name__)
 EPISODE_METRICS = {"classification": ("accuracy", "accuracy_ci95"), "regression": ("mse", "mse_ci95")}
 
 
@@ -81,14 +83,32 @@ def evaluate_episodes(
     """Over episodes ``0 .. count-1`` of ``sampler``: the mean query accuracy (in %), or for a regression
     task the mean query squared error, and its 95 % interval (the names of :data:`EPISODE_METRICS`)."""
     values = []
-    for first in range(0, count, per_call):
-        episodes = sampler.draw(first, min(per_call, count - first)).to(device)
+    first = 0
+    while first < count:  # up to per_call consecutive episodes of one size (fixed episodes may differ)
+        size, n = sampler.size(first), 1
+        while n < per_call and first + n < count and sampler.size(first + n) == size:
+            n += 1
+        episodes = sampler.draw(first, n).to(device)
+        first += n
         with torch.no_grad():
             outputs = predict(episodes)
         if kind == "regression":
-            values.append((outputs.reshape(episodes.query_y.shape) - episodes.query_y).pow(2).mean(1).cpu())
+            scores = (outputs.reshape(episodes.query_y.shape) - episodes.query_y).pow(2).mean(1)
         else:
-            values.append(100.0 * (outputs.argmax(-1) == episodes.query_y).float().mean(1).cpu())
-    mean, ci95 = mean_and_ci95(torch.cat(values))
+            scores = 100.0 * (outputs.argmax(-1) == episodes.query_y).float().mean(1)
+            # the argmax of NaN logits is some class: an accuracy that would look plausible
+            finite = torch.isfinite(outputs.reshape(len(scores), -1)).all(1)
+            scores = torch.where(finite, scores, torch.full_like(scores, math.nan))
+        values.append(scores.cpu())
+    scores = torch.cat(values)
+    if not torch.isfinite(scores).all():
+        logger.warning(
+            "episodes of %s: %d of %d gave predictions that are not finite (the adaptation diverged: lower "
+            "the method's test_lr / inner_lr / episode_lr); their score is NaN",
+            sampler.name,
+            int((~torch.isfinite(scores)).sum()),
+            len(scores),
+        )
+    mean, ci95 = mean_and_ci95(scores)
     name, interval = EPISODE_METRICS[kind]
     return {name: mean, interval: ci95}

@@ -560,6 +560,13 @@ def evaluate_run(
     )
     state = read_method_state(directory.path, checkpoint)
     if state is not None:  # the method's own modules, as trained (Meta-SGD's step sizes)
-        method.load_state_dict(state)
+        try:
+            method.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
+            raise RunError(
+                f"{run_dir}: the checkpoint's method state does not fit method '{experiment.method.name}' "
+                f"({str(exc).strip().splitlines()[0]}): the run was trained with another method or other "
+                "method keys; evaluate it with the method.name and keys it was trained with"
+            ) from None
     method.modules.to(device)
     return evaluator.evaluate(model, method.predictor(), method.episode_predictor())

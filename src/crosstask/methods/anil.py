@@ -1,8 +1,8 @@
 """ANIL: almost no inner loop (Raghu, Raghu, Bengio & Vinyals 2020, ICLR).
 
 Raghu et al. found that MAML's inner loop barely changes the body: ANIL adapts only the task's head in the
-inner loop (second order through the head; the body still learns from the query loss), so the features of
-an episode are computed once per episode instead of once per inner step.
+inner loop (second order through the head unless ``first_order``; the body still learns from the query
+loss), so the features of an episode are computed once per episode instead of once per inner step.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ANIL(MetaLearner):
             self.head_params(),
             self.config.inner_steps,
             self.config.inner_lr,
-            True,
+            not self.config.first_order,
         )
         logits = self.head_logits(head, self.features(query))
         return self.loss(logits, query_y), logits

@@ -68,6 +68,16 @@ class Baseline(ERM):
     """Chen et al.'s baseline: a classifier trained on all training classes; per episode, a new linear head
     fitted on the frozen features of the support set."""
 
+    def __init__(self, config: BaselineConfig, model, streams):
+        super().__init__(config, model, streams)
+        classified = [t.name for t in model.tasks if t.kind == "classification"]
+        if config.episode_adaptation == "finetune" and classified:
+            raise ConfigError(
+                f"method 'baseline': episode_adaptation: finetune keeps the pretraining head, whose classes "
+                f"(task '{classified[0]}') are not an episode's ways; classification episodes take "
+                "episode_adaptation: new_head (finetune is for regression episodes)"
+            )
+
     def episode_predictor(self) -> Callable[[Episodes], Tensor]:
         config = self.config
         task = self.model.tasks[0]

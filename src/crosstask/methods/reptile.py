@@ -12,6 +12,8 @@ support set only.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -26,6 +28,7 @@ class ReptileConfig(InnerLoopConfig):
     inner_steps: int = Field(default=5, ge=1, description="gradient steps on the episode in training")
     inner_lr: float = Field(default=0.1, gt=0, description="step size of the inner loop")
     use_queries: bool = Field(default=True, description="train the inner loop on the query samples too")
+    first_order: Literal[True] = Field(default=True, description="Reptile is first order by construction")
 
 
 @METHODS.register("reptile", config=ReptileConfig)

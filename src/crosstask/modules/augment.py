@@ -211,10 +211,13 @@ class WarpConfig(StrictModel):
     probability: float = Field(default=0.5, ge=0.0, le=1.0, description="chance of applying each part")
 
 
-def warp_images(x: Tensor, config: WarpConfig, generator: torch.Generator, where: str = "stream") -> Tensor:
-    """Every image of ``x`` (``(..., C, H, W)``: a batch, or episodes of batches) through its own random
-    affine warp drawn from ``generator`` (on the CPU: the same warps on every device)."""
-    if x.dim() < 4 or not x.is_floating_point():
+def warp_images(
+    x: Tensor, config: WarpConfig, generator: torch.Generator, where: str = "stream", batch_dims: int = 1
+) -> Tensor:
+    """Every image of ``x`` (``(..., C, H, W)`` after ``batch_dims`` leading dimensions: 1 for a batch, 2 for
+    episodes of batches) through its own random affine warp drawn from ``generator`` (on the CPU: the same
+    warps on every device)."""
+    if x.dim() != batch_dims + 3 or not x.is_floating_point():
         raise DataError(
             f"{where}: augment warps images, but its inputs are {tuple(x.shape)} {x.dtype} tensors; remove "
             "augment: from this stream, or give it (N, C, H, W) images"
