@@ -227,7 +227,9 @@ class Trainer:
             try:
                 self._save_last()
             except Exception as exc:  # the evaluation's error is the one to report
-                log.error("could not checkpoint after the failed evaluation (%s: %s)", type(exc).__name__, exc)
+                log.error(
+                    "could not checkpoint after the failed evaluation (%s: %s)", type(exc).__name__, exc
+                )
             raise
 
     def _end(
