@@ -142,3 +142,11 @@ def test_evaluating_a_run_with_another_method_is_one_clear_error(tmp_path: Path)
     assert "method state does not fit method 'maml'" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(RunError, match="trained with another method"):
         ct.evaluate_run(result.run_dir, "last", ["method.name=maml"])
+
+
+def test_a_bad_override_at_evaluation_is_blamed_not_the_run(tmp_path: Path) -> None:
+    result = ct.run(meta_config(tmp_path, "protonet", steps=2, eval_every=2))
+    with pytest.raises(
+        RunError, match=r"(?s)the overrides method.test_steps=-1 do not fit .*the run's config.yaml is fine"
+    ):
+        ct.evaluate_run(result.run_dir, "last", ["method.test_steps=-1"])

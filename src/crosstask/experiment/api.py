@@ -513,6 +513,16 @@ def load_run(
     try:
         experiment = load_config(directory.config, overrides)
     except ConfigError as exc:
+        if overrides:
+            try:
+                load_config(directory.config)
+            except ConfigError:
+                pass
+            else:  # the run's own config is fine: the overrides are at fault
+                raise RunError(
+                    f"the overrides {' '.join(overrides)} do not fit the config of {run_dir}: {str(exc).rstrip('.')}. Fix or drop "
+                    "the overrides (the run's config.yaml is fine)"
+                ) from None
         raise RunError(
             f"{directory.config} is not a runnable experiment config (runs made by ct.fit hold in-memory data; "
             f"evaluate those in Python with crosstask.Evaluator): {exc}"
