@@ -6,8 +6,7 @@ episodes, and scored on 600 ``ways``-way 1-shot 15-query episodes of set 2's alp
 hold (Japanese katakana, Sanskrit, Tagalog: 106 characters); mean accuracy ± the 95 % interval of each run,
 for 5 and 20 ways. One seed per method and way (the field reports one run's interval). The anchors in
 ``benchmarks/published.yaml`` (MAML, Finn et al. 2017; ProtoNet, Snell et al. 2017) come from the standard split
-of Vinyals et al. (1200 training characters of 30 alphabets), six times the characters of set 1: another
-protocol, shown as such.
+of Vinyals et al. (1200 training characters, against set 1's 136): another protocol, shown as such.
 """
 
 from __future__ import annotations
