@@ -150,3 +150,12 @@ def test_a_bad_override_at_evaluation_is_blamed_not_the_run(tmp_path: Path) -> N
         RunError, match=r"(?s)the overrides method.test_steps=-1 do not fit .*the run's config.yaml is fine"
     ):
         ct.evaluate_run(result.run_dir, "last", ["method.test_steps=-1"])
+
+
+def test_model_overrides_at_evaluation_are_said_to_change_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = ct.run(meta_config(tmp_path, "protonet", steps=2, eval_every=2))
+    plain = ct.evaluate_run(result.run_dir, "last")
+    assert ct.evaluate_run(result.run_dir, "last", ["model.backbone.channels=8"]) == plain
+    assert "model.backbone.channels=8 change nothing" in caplog.text

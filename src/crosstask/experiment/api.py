@@ -510,6 +510,14 @@ def load_run(
     directory = RunDir(run_dir)
     if not directory.config.is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
+    ignored = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in ("model", "tasks")]
+    if ignored:
+        log.warning(
+            "%s: the model is rebuilt from its checkpoint, so %s change nothing; override data.eval and method "
+            "keys only",
+            run_dir,
+            " ".join(ignored),
+        )
     try:
         experiment = load_config(directory.config, overrides)
     except ConfigError as exc:
