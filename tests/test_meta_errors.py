@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import crosstask as ct
 from crosstask.data.episodes import EpisodeConfig, EpisodeSampler, EpisodeStream
-from crosstask.engine.method import StreamSpec
 from crosstask.errors import ConfigError, DataError, RunError
 from crosstask.evaluation.episodes import evaluate_episodes
 from crosstask.registry import METHODS
 from tests.conftest import run_cli
-from tests.test_meta_learning import episode, meta_config
+from tests.test_meta_learning import anil_learner, episode, meta_config
 
 
 def uneven_runs() -> ct.ArrayDataset:
@@ -56,13 +54,7 @@ def test_non_finite_predictions_score_nan_not_a_plausible_accuracy(caplog: pytes
 
 def test_anil_honours_first_order_and_reptile_refuses_second_order() -> None:
     def gradients(first_order: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        body = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
-        body.num_features = 4
-        model = ct.MultiTaskModel(body, [ct.Task("y", num_classes=2)])
-        spec = StreamSpec("train", True, ("y",), EpisodeConfig(ways=2, shots=2, queries=3))
-        entry = METHODS.get("anil")
-        learner = entry.obj(entry.config(name="anil", inner_lr=0.5, first_order=first_order), model, [spec])
+        learner, model, _ = anil_learner(first_order=first_order)
         xs, ys, xq, yq = episode(6)
         loss, _ = learner.episode_loss(xs.float(), ys, xq.float(), yq, 2)
         return list(torch.autograd.grad(loss, list(model.heads["y"].parameters())))

@@ -241,14 +241,19 @@ def test_the_reptile_update_is_its_formula() -> None:
     torch.testing.assert_close(head.bias.detach(), b0 + 0.5 * (b - b0))
 
 
-def test_anil_adapts_the_head_only_and_trains_the_body() -> None:
+def anil_learner(**options: Any) -> tuple[MetaLearner, ct.MultiTaskModel, nn.Module]:
+    """ANIL (inner step 0.5) on a seeded tanh layer with a 2-class head: the learner, the model, the body."""
     torch.manual_seed(0)
     body = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
     body.num_features = 4
     model = ct.MultiTaskModel(body, [ct.Task("y", num_classes=2)])
     spec = StreamSpec("train", True, ("y",), EpisodeConfig(ways=2, shots=2, queries=3))
     entry = METHODS.get("anil")
-    learner = entry.obj(entry.config(name="anil", inner_lr=0.5), model, [spec])
+    return entry.obj(entry.config(name="anil", inner_lr=0.5, **options), model, [spec]), model, body
+
+
+def test_anil_adapts_the_head_only_and_trains_the_body() -> None:
+    learner, model, body = anil_learner()
     xs, ys, xq, yq = (t.float() if t.is_floating_point() else t for t in episode(6))
     loss, _ = learner.episode_loss(xs, ys, xq, yq, 2)
     assert all(g.abs().sum() > 0 for g in torch.autograd.grad(loss, list(body.parameters())))

@@ -202,7 +202,7 @@ def test_shallow_adapters_train_on_features_extracted_through_the_cache(tiny_ber
     model = ct.MultiTaskModel(
         {"name": "transformer", "model": str(tiny_bert), "cache": True}, [ct.Task("y", num_classes=2)]
     )
-    model.backbones()[0].requires_grad_(False)
+    model.freeze_backbone()
     calls = counting(model.backbones()[0])
     source, target = tokens(n=40, seed=1), tokens(n=30, seed=2)
     ys = (source["attention_mask"].sum(1) > 6).long()  # the text's length: visible in mean-pooled features

@@ -52,9 +52,7 @@ def model(cache: bool) -> ct.MultiTaskModel:
 
 def frozen(net: ct.MultiTaskModel) -> ct.MultiTaskModel:
     """The encoder as ``finetune: linear_probe`` leaves it: no gradients, eval mode."""
-    for backbone in net.backbones():
-        backbone.requires_grad_(False)
-        backbone.eval()
+    net.freeze_backbone()
     return net
 
 

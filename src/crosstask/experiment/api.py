@@ -527,9 +527,10 @@ def load_run(
             except ConfigError:
                 pass
             else:  # the run's own config is fine: the overrides are at fault
+                reason = str(exc).rstrip(".")
                 raise RunError(
-                    f"the overrides {' '.join(overrides)} do not fit the config of {run_dir}: {str(exc).rstrip('.')}. Fix or drop "
-                    "the overrides (the run's config.yaml is fine)"
+                    f"the overrides {' '.join(overrides)} do not fit the config of {run_dir}: {reason}. Fix or "
+                    "drop the overrides (the run's config.yaml is fine)"
                 ) from None
         raise RunError(
             f"{directory.config} is not a runnable experiment config (runs made by ct.fit hold in-memory data; "

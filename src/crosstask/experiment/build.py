@@ -298,13 +298,17 @@ def check_inputs(
             shape = item_shape(sample)
             where = f"{part}.{name}"
             if expected is not None and not all(b.same_input(shape, expected) for b in model.backbones()):
-                kinds = {isinstance(shape, Mapping), isinstance(expected, Mapping)}
+                same_kind = (
+                    set(shape) == set(expected)
+                    if isinstance(shape, Mapping) and isinstance(expected, Mapping)
+                    else not isinstance(shape, Mapping) and not isinstance(expected, Mapping)
+                )
                 remedy = (
-                    "give every domain the same kind of input (tensors, or dicts with the same keys such as "
-                    "token ids)"
-                    if len(kinds) == 2 or (isinstance(shape, Mapping) and set(shape) != set(expected))
-                    else "give every domain the same input size (resize or crop the data: e.g. the dataset's "
-                    "size option)"
+                    "give every domain the same input size (resize or crop the data: e.g. the dataset's size "
+                    "option)"
+                    if same_kind
+                    else "give every domain the same kind of input (tensors, or dicts with the same keys such "
+                    "as token ids)"
                 )
                 raise DataError(
                     f"{where} gives inputs of shape {describe(shape)}, but the model takes {describe(expected)} "
@@ -328,8 +332,7 @@ def check_inputs(
 def class_names(dataset: Dataset) -> dict[str | None, list[str]]:
     """The class names a dataset declares, by label (``info["classes"]`` a mapping), or for its one label
     (``None``: a list, or an image folder's ``classes``); empty when it declares none."""
-    classes = None
-    for _ in range(8):  # through wrappers (torch's Subset, a split of an image folder): the first that knows
+    while True:  # through wrappers (torch's Subset, a split of an image folder): the first that knows
         info = getattr(dataset, "info", None)
         classes = info.get("classes") if isinstance(info, Mapping) else getattr(dataset, "classes", None)
         if classes is not None or not hasattr(dataset, "dataset"):
@@ -350,13 +353,15 @@ def check_classes(
     the wrong classes without a word. Checked for the labels the classification tasks read; episodic domains
     relabel their classes per episode and are skipped."""
     read = {task.label or task.name for task in tasks if task.kind == "classification"}
+    if not read:
+        return
     seen: dict[str | None, tuple[str, list[str]]] = {}
     for part, domains in (("data.train", train_domains), ("data.eval", eval_domains)):
         for name, domain in domains.items():
             if domain.episodes is not None:
                 continue
             for label, names in class_names(domain.dataset).items():
-                if not read or (label is not None and label not in read):
+                if label is not None and label not in read:
                     continue
                 where = f"{part}.{name}"
                 if label not in seen:

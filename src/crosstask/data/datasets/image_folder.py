@@ -189,9 +189,9 @@ def list_samples(
     classes = list(listed) if listed is not None else found
     if not found:
         images = [p.name for p in folder.iterdir() if p.suffix.lower() in extensions]
-        found = f" It holds {len(images)} image file(s) directly;" if images else ""
+        loose = f" It holds {len(images)} image file(s) directly;" if images else ""
         raise DataError(
-            f"image_folder: {folder} has no class subfolders.{found} put the images of each class in "
+            f"image_folder: {folder} has no class subfolders.{loose} put the images of each class in "
             "their own subfolder (path/<class name>/<image>)"
         )
     samples: list[tuple[str, int]] = []
